@@ -1,0 +1,50 @@
+"""The serving graph, as `serve_config.yaml` builds it:
+
+    Ingress ─┬─> ImagePreprocessor ─> VisionEncoder ─┐
+             ├─> TextEncoder ────────────────────────┼─> ScoreFusion
+             └───────────────────────────────────────┘
+
+Each stage is its own deployment, so each autoscales on its own.
+"""
+
+# No `from __future__ import annotations` here: Ray reads build_app's annotation at run time
+# to validate the YAML args into SiglipAppArgs.
+import logging
+
+import ray
+from ray.serve import Application
+
+from deployments.config import SiglipAppArgs
+from deployments.core.checkpoint import resolve_model
+from deployments.ingress import Ingress
+from deployments.preprocessor import ImagePreprocessor
+from deployments.score_fusion import ScoreFusion
+from deployments.text_encoder import TextEncoder
+from deployments.vision_encoder import VisionEncoder
+
+logger = logging.getLogger("ray.serve")
+
+
+def encoder_gpus(args: SiglipAppArgs) -> float:
+    """GPUs per encoder replica: 'auto' asks for one only when the cluster has GPUs now."""
+    if args.encoder_gpus != "auto":
+        return float(args.encoder_gpus)
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def build_app(args: SiglipAppArgs) -> Application:
+    model = resolve_model(args.model)
+    gpus = encoder_gpus(args)
+    logger.info("Serving %s; each encoder replica asks for %s GPU(s).", model, gpus)
+
+    def on_encoder_device(deployment):
+        options = {**deployment.ray_actor_options, "num_gpus": gpus}
+        return deployment.options(ray_actor_options=options)
+
+    return Ingress.bind(
+        args.served_model_name or model,
+        ImagePreprocessor.bind(model),
+        on_encoder_device(VisionEncoder).bind(model, args.device, args.dtype),
+        on_encoder_device(TextEncoder).bind(model, args.device, args.dtype),
+        ScoreFusion.bind(model),
+    )

@@ -1,0 +1,64 @@
+"""Dynamic batching shared by the two encoder deployments."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar, Sequence
+
+from ray import serve
+
+from deployments.config import BatchingConfig
+from deployments.core.encoders import Embeddings
+
+
+def _count_items(chunks: list[Sequence]) -> int:
+    return sum(len(chunk) for chunk in chunks)
+
+
+class BatchedEncoder:
+    """Batches items (images or texts) across concurrent requests.
+
+    A request's items are cut into chunks no larger than `max_batch_size` (Ray refuses a single
+    call larger than a batch), and chunks from many requests share one forward pass. The
+    forward pass runs in a worker thread, so the next batch keeps filling while it computes.
+    """
+
+    config_model: ClassVar[type[BatchingConfig]] = BatchingConfig
+
+    def __init__(self, core):
+        self._core = core
+        self.config = self.config_model()
+
+    def reconfigure(self, user_config: dict) -> None:
+        """serve_config.yaml's `user_config`; applied in place, without a restart."""
+        self.config = self.config_model.model_validate(user_config)
+        self._encode_batch.set_max_batch_size(self.config.max_batch_size)
+        self._encode_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+
+    def effective_config(self) -> dict[str, Any]:
+        """What this replica really runs with, for operators and tests."""
+        deployment_config = serve.get_replica_context()._deployment_config
+        return {**self.config.model_dump(),
+                "batch_queue_max_batch_size": self._encode_batch._get_max_batch_size(),
+                "batch_queue_wait_timeout_s": self._encode_batch._get_batch_wait_timeout_s(),
+                "max_ongoing_requests": deployment_config.max_ongoing_requests}
+
+    def check_health(self) -> None:
+        # Raising here makes Serve replace the replica.
+        self._core.self_test()
+
+    async def _encode_items(self, items: Sequence) -> Embeddings:
+        size = self.config.max_batch_size
+        chunks = [items[start:start + size] for start in range(0, len(items), size)]
+        return Embeddings.concatenate(await asyncio.gather(*map(self._encode_batch, chunks)))
+
+    @serve.batch(max_batch_size=BatchingConfig().max_batch_size,
+                 batch_wait_timeout_s=BatchingConfig().batch_wait_timeout_s,
+                 batch_size_fn=_count_items)
+    async def _encode_batch(self, chunks: list[Sequence]) -> list[Embeddings]:
+        merged = await asyncio.to_thread(self._core.encode, self._merge(chunks))
+        return merged.split([len(chunk) for chunk in chunks])
+
+    @staticmethod
+    def _merge(chunks: list[Sequence]):
+        raise NotImplementedError

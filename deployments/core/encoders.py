@@ -1,0 +1,137 @@
+"""SigLIP's two towers as plain torch code: uint8 pixels or strings in, L2-normalized float32
+embeddings out. The Ray deployments and the GPU benchmark both call these classes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from deployments.core.checkpoint import (ImageSettings, quiet_transformers, resolve_device,
+                                         resolve_dtype, warn_if_random_weights)
+
+
+@dataclass
+class Embeddings:
+    """Unit-length vectors, one row per input, and the tokens each input cost the tower
+    (text: real tokens before padding; image: patches)."""
+
+    vectors: np.ndarray  # (n, dim) float32
+    tokens: np.ndarray  # (n,) int64
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    @classmethod
+    def concatenate(cls, parts: list["Embeddings"]) -> "Embeddings":
+        return cls(np.concatenate([p.vectors for p in parts]), np.concatenate([p.tokens for p in parts]))
+
+    @classmethod
+    def interleave(cls, is_image: list[bool], images: "Embeddings | None",
+                   texts: "Embeddings | None") -> "Embeddings":
+        """Rows back in input order, from the images and the texts each encoded separately."""
+        kinds = np.asarray(is_image, dtype=bool)
+        parts = [p for p in (images, texts) if p is not None]
+        vectors = np.empty((len(kinds), parts[0].vectors.shape[1]), dtype=np.float32)
+        tokens = np.empty(len(kinds), dtype=np.int64)
+        for rows, part in ((kinds, images), (~kinds, texts)):
+            if part is not None:
+                vectors[rows], tokens[rows] = part.vectors, part.tokens
+        return cls(vectors, tokens)
+
+    def split(self, sizes: list[int]) -> list["Embeddings"]:
+        bounds = np.cumsum(sizes)[:-1]
+        return [Embeddings(v, t) for v, t in zip(np.split(self.vectors, bounds),
+                                                  np.split(self.tokens, bounds))]
+
+
+def _load_tower(tower_class, model: str, device: str, dtype: str):
+    resolved_device = resolve_device(device)
+    with quiet_transformers():
+        tower = tower_class.from_pretrained(model, attn_implementation="sdpa",
+                                            dtype=resolve_dtype(dtype, resolved_device))
+    warn_if_random_weights(tower.config)
+    return tower.to(resolved_device).eval()
+
+
+class _DeviceCheck:
+    device: torch.device
+
+    def self_test(self) -> None:
+        """Raises when the device can no longer run work (a lost or broken CUDA context).
+        Cheap on purpose: health checks run every few seconds beside real batches."""
+        if torch.ones(1, device=self.device).add_(1).item() != 2:
+            raise RuntimeError(f"{self.device} returned a wrong result")
+
+
+class VisionEncoderCore(_DeviceCheck):
+    def __init__(self, tower: torch.nn.Module, settings: ImageSettings):
+        """`tower` is a SiglipVisionModel (or SiglipModel.vision_model), already on its device
+        and in its dtype."""
+        self.tower = tower
+        parameter = next(tower.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        self.settings = settings
+        config = tower.config
+        self.tokens_per_image = (config.image_size // config.patch_size) ** 2
+        # Normalization runs on the encoder's device, so stages exchange 4x smaller uint8 pixels.
+        self._scale = torch.tensor(settings.rescale_factor, dtype=torch.float32, device=self.device)
+        self._mean = torch.tensor(settings.image_mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(settings.image_std, device=self.device).view(1, 3, 1, 1)
+
+    @classmethod
+    def from_pretrained(cls, model: str, device: str = "auto", dtype: str = "auto"):
+        from transformers import SiglipVisionModel
+
+        return cls(_load_tower(SiglipVisionModel, model, device, dtype),
+                   ImageSettings.from_pretrained(model))
+
+    def normalize(self, pixels: np.ndarray) -> torch.Tensor:
+        """(n, h, w, 3) uint8 -> (n, 3, h, w) in the tower's dtype, as the processor computes it."""
+        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
+        batch = batch.permute(0, 3, 1, 2).float() * self._scale
+        return ((batch - self._mean) / self._std).to(self.dtype)
+
+    @torch.inference_mode()
+    def encode(self, pixels: np.ndarray) -> Embeddings:
+        pooled = self.tower(pixel_values=self.normalize(pixels)).pooler_output
+        vectors = F.normalize(pooled.float(), dim=-1).cpu().numpy()
+        return Embeddings(vectors, np.full(len(vectors), self.tokens_per_image, dtype=np.int64))
+
+
+class TextEncoderCore(_DeviceCheck):
+    def __init__(self, tower: torch.nn.Module, tokenizer):
+        """`tower` is a SiglipTextModel (or SiglipModel.text_model), already on its device and
+        in its dtype; `tokenizer` is the checkpoint's own."""
+        self.tower = tower
+        self.device = next(tower.parameters()).device
+        self.tokenizer = tokenizer
+        # The checkpoint's position count, never the tokenizer's or a generation default:
+        # SigLIP pools the last position, so every text must be padded to exactly this length.
+        self.max_length = tower.config.max_position_embeddings
+
+    @classmethod
+    def from_pretrained(cls, model: str, device: str = "auto", dtype: str = "auto"):
+        from transformers import AutoTokenizer, SiglipTextModel
+
+        return cls(_load_tower(SiglipTextModel, model, device, dtype),
+                   AutoTokenizer.from_pretrained(model))
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, np.ndarray]:
+        """input_ids padded to max_length, and each text's token count before padding."""
+        input_ids = self.tokenizer(texts, padding="max_length", max_length=self.max_length,
+                                   truncation=True, return_attention_mask=False,
+                                   return_tensors="pt")["input_ids"]
+        # SigLIP pads with its EOS token, so a text's length runs through its first pad token.
+        is_pad = input_ids == self.tokenizer.pad_token_id
+        first_pad = torch.where(is_pad.any(dim=1), is_pad.int().argmax(dim=1), self.max_length - 1)
+        return input_ids, (first_pad + 1).numpy().astype(np.int64)
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> Embeddings:
+        input_ids, tokens = self.tokenize(texts)
+        # No attention mask, on purpose: the original text tower attends over the padding.
+        pooled = self.tower(input_ids=input_ids.to(self.device)).pooler_output
+        return Embeddings(F.normalize(pooled.float(), dim=-1).cpu().numpy(), tokens)

@@ -1,0 +1,210 @@
+"""Ingress stage: the HTTP API. Validates requests, fans work out to the other stages and
+assembles responses. Image pixels and embeddings flow between stages without visiting it,
+except where the response itself carries them (embeddings)."""
+
+# No `from __future__ import annotations` here: FastAPI reads the route annotations at run time.
+import asyncio
+import base64
+import re
+import time
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.exceptions import RayTaskError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deployments.core.encoders import Embeddings
+from deployments.core.images import ImageInputError
+from deployments.protocol import (Classification, ClassifyRequest, ClassifyResponse,
+                                  EmbeddingData, EmbeddingRequest, EmbeddingResponse, ErrorInfo,
+                                  ErrorResponse, ImageItem, Item, LabelScore, ModelCard,
+                                  ModelList, RerankRequest, RerankResponse, RerankResult,
+                                  TextItem, Usage)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.info = ErrorInfo(message=message, type=type, param=param, code=code)
+
+
+def error_response(status: int, info: ErrorInfo) -> JSONResponse:
+    return JSONResponse(ErrorResponse(error=info).model_dump(), status_code=status)
+
+
+_ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 500)}
+
+app = FastAPI(title="SigLIP serving",
+              description="Zero-shot image classification, image and text embeddings and "
+                          "image-text retrieval with SigLIP, in OpenAI-style JSON.",
+              responses=_ERROR_RESPONSES)
+
+
+@app.exception_handler(ApiError)
+async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+    return error_response(error.status, error.info)
+
+
+_FIELD = re.compile(r"^[a-z_]+$")
+_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "json"}
+
+
+def _param(location: tuple) -> str | None:
+    """pydantic's error location as a field path (`input[2].image`), without the names of union
+    members that pydantic puts in it."""
+    path = ""
+    for part in location[1:]:  # location[0] is "body"
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif _FIELD.match(part) and part not in _TYPE_NAMES:
+            path += f".{part}" if path else part
+    return path or None
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    # With unions, pydantic reports one error per member; the deepest names the field best.
+    first = max(error.errors(), key=lambda e: len(e["loc"]))
+    if first["type"] == "json_invalid":
+        message = f"The body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}"
+        return error_response(400, ErrorInfo(message=message, type="invalid_request_error",
+                                             code="invalid_json"))
+    param = _param(tuple(first["loc"]))
+    return error_response(400, ErrorInfo(message=f"{param or 'body'}: {first['msg']}",
+                                         type="invalid_request_error", param=param,
+                                         code="invalid_value"))
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+    return error_response(error.status_code, ErrorInfo(message=str(error.detail), type=kind))
+
+
+def _original_error(error: BaseException) -> BaseException:
+    """The exception a stage raised, out of the RayTaskErrors that wrap it once per stage it
+    crossed (a preprocessor error reaches us through the encoder and the fusion stage)."""
+    while isinstance(error, RayTaskError) and error.cause is not None:
+        error = error.cause
+    return error
+
+
+def _image_reference(item: Item) -> str | None:
+    return item.image if isinstance(item, ImageItem) else None
+
+
+def _text(item: Item) -> str:
+    return item.text if isinstance(item, TextItem) else item
+
+
+def _to_wire(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":  # OpenAI's encoding: little-endian float32 bytes
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1})
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, served_model_name: str, preprocessor: DeploymentHandle,
+                 vision: DeploymentHandle, text: DeploymentHandle, fusion: DeploymentHandle):
+        self._model_name = served_model_name
+        self._created = int(time.time())
+        self._preprocessor = preprocessor
+        self._vision = vision
+        self._text = text
+        self._fusion = fusion
+
+    # ---- stage calls ---------------------------------------------------------------------
+
+    def _encode_images(self, references: list[str], params: list[str]) -> DeploymentResponse:
+        # The unawaited pixels go straight from the preprocessor's replica to the encoder's.
+        return self._vision.encode.remote(self._preprocessor.preprocess.remote(references, params))
+
+    def _encode_items(self, items: list[Item], param: str):
+        """(is_image per item, image embeddings or None, text embeddings or None), unawaited."""
+        is_image = [_image_reference(item) is not None for item in items]
+        images = [(_image_reference(item), f"{param}[{i}]") for i, item in enumerate(items)
+                  if is_image[i]]
+        texts = [_text(item) for item, image in zip(items, is_image) if not image]
+        image_embeddings = self._encode_images(*map(list, zip(*images))) if images else None
+        text_embeddings = self._text.encode.remote(texts) if texts else None
+        return is_image, image_embeddings, text_embeddings
+
+    def _check_model(self, requested: str | None) -> None:
+        if requested is not None and requested != self._model_name:
+            raise ApiError(404, f"The model '{requested}' does not exist; this server serves "
+                                f"'{self._model_name}'.", param="model", code="model_not_found")
+
+    @staticmethod
+    async def _result(*responses: DeploymentResponse | None):
+        """Awaits stage calls; a bad image anywhere upstream becomes the client's 400."""
+        try:
+            return await asyncio.gather(*(r for r in responses if r is not None))
+        except ImageInputError as error:
+            cause = _original_error(error)
+            raise ApiError(400, str(cause), param=cause.param, code="invalid_image") from None
+
+    # ---- routes --------------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models(self) -> ModelList:
+        return ModelList(data=[ModelCard(id=self._model_name, created=self._created)])
+
+    @app.post("/v1/embeddings")
+    async def embeddings(self, body: EmbeddingRequest) -> EmbeddingResponse:
+        self._check_model(body.model)
+        items = [body.input] if isinstance(body.input, str) else body.input
+        is_image, images, texts = self._encode_items(items, "input")
+        awaited = await self._result(images, texts)
+        embeddings = Embeddings.interleave(is_image,
+                                           awaited.pop(0) if images is not None else None,
+                                           awaited.pop(0) if texts is not None else None)
+        data = [EmbeddingData(index=i, embedding=_to_wire(vector, body.encoding_format))
+                for i, vector in enumerate(embeddings.vectors)]
+        return EmbeddingResponse(data=data, model=self._model_name,
+                                 usage=Usage.of(int(embeddings.tokens.sum())))
+
+    @app.post("/v1/classify")
+    async def classify(self, body: ClassifyRequest) -> ClassifyResponse:
+        self._check_model(body.model)
+        references = [item.image if isinstance(item, ImageItem) else item for item in body.input]
+        prompts = [body.hypothesis_template.replace("{}", label) for label in body.labels]
+        images = self._encode_images(references, [f"input[{i}]" for i in range(len(references))])
+        labels = self._text.encode.remote(prompts)
+        [(rankings, tokens)] = await self._result(
+            self._fusion.classify.remote(images, labels, body.top_k))
+        data = []
+        for index, ranking in enumerate(rankings):
+            predictions = [LabelScore(label=body.labels[r.index], score=r.score) for r in ranking]
+            data.append(Classification(index=index, prediction=predictions[0].label,
+                                       score=predictions[0].score, predictions=predictions))
+        return ClassifyResponse(model=self._model_name, data=data, usage=Usage.of(tokens))
+
+    @app.post("/v1/rerank")
+    async def rerank(self, body: RerankRequest) -> RerankResponse:
+        self._check_model(body.model)
+        query_reference = _image_reference(body.query)
+        query = (self._encode_images([query_reference], ["query"]) if query_reference is not None
+                 else self._text.encode.remote([_text(body.query)]))
+        is_image, images, texts = self._encode_items(body.documents, "documents")
+        [(ranking, tokens)] = await self._result(
+            self._fusion.rerank.remote(query, is_image, images, texts, body.top_n))
+        results = []
+        for ranked in ranking:
+            document = body.documents[ranked.index] if body.return_documents else None
+            if isinstance(document, str):
+                document = TextItem(text=document)
+            results.append(RerankResult(index=ranked.index, relevance_score=ranked.score,
+                                        document=document))
+        return RerankResponse(model=self._model_name, results=results, usage=Usage.of(tokens))

@@ -1,0 +1,28 @@
+"""ScoreFusion stage: embeddings from both encoders in, sigmoid scores and rankings out."""
+
+from __future__ import annotations
+
+from ray import serve
+
+from deployments.core import scoring
+from deployments.core.checkpoint import LogitParams
+from deployments.core.encoders import Embeddings
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1})
+class ScoreFusion:
+    def __init__(self, model: str):
+        self._params = LogitParams.from_pretrained(model)
+
+    def classify(self, images: Embeddings, labels: Embeddings,
+                 top_k: int | None) -> tuple[list[list[scoring.Ranked]], int]:
+        """Each image's labels, ranked; and the tokens both towers spent."""
+        tokens = int(images.tokens.sum() + labels.tokens.sum())
+        return scoring.classify(images, labels, self._params, top_k), tokens
+
+    def rerank(self, query: Embeddings, document_is_image: list[bool],
+               image_documents: Embeddings | None, text_documents: Embeddings | None,
+               top_n: int | None) -> tuple[list[scoring.Ranked], int]:
+        documents = Embeddings.interleave(document_is_image, image_documents, text_documents)
+        tokens = int(query.tokens.sum() + documents.tokens.sum())
+        return scoring.rerank(query, documents, self._params, top_n), tokens

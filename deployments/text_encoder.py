@@ -1,0 +1,43 @@
+"""TextEncoder stage: strings in, unit text embeddings out, with an LRU cache in front of the
+batch because label prompts repeat across classification requests."""
+
+from __future__ import annotations
+
+from ray import serve
+
+from deployments.batching import BatchedEncoder
+from deployments.config import TextEncoderConfig
+from deployments.core.cache import LRUCache
+from deployments.core.encoders import Embeddings, TextEncoderCore
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5})
+class TextEncoder(BatchedEncoder):
+    config_model = TextEncoderConfig
+
+    def __init__(self, model: str, device: str, dtype: str):
+        super().__init__(TextEncoderCore.from_pretrained(model, device, dtype))
+        self._cache: LRUCache[str, Embeddings] = LRUCache(self.config.cache_size)
+
+    def reconfigure(self, user_config: dict) -> None:
+        super().reconfigure(user_config)
+        self._cache.resize(self.config.cache_size)
+
+    def cache_stats(self) -> dict[str, int]:
+        return {"entries": len(self._cache), "hits": self._cache.hits, "misses": self._cache.misses}
+
+    async def encode(self, texts: list[str]) -> Embeddings:
+        # Safe to cache per string: every text is padded to the same fixed length, so its
+        # embedding does not depend on the texts that share its batch.
+        found = {text: self._cache.get(text) for text in dict.fromkeys(texts)}
+        missing = [text for text, embedding in found.items() if embedding is None]
+        if missing:
+            computed = await self._encode_items(missing)
+            for text, embedding in zip(missing, computed.split([1] * len(missing))):
+                found[text] = embedding
+                self._cache.put(text, embedding)
+        return Embeddings.concatenate([found[text] for text in texts])
+
+    @staticmethod
+    def _merge(chunks: list[list[str]]) -> list[str]:
+        return [text for chunk in chunks for text in chunk]

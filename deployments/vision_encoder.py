@@ -1,0 +1,22 @@
+"""VisionEncoder stage: uint8 pixels from the preprocessor in, unit image embeddings out."""
+
+from __future__ import annotations
+
+import numpy as np
+from ray import serve
+
+from deployments.batching import BatchedEncoder
+from deployments.core.encoders import Embeddings, VisionEncoderCore
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5})
+class VisionEncoder(BatchedEncoder):
+    def __init__(self, model: str, device: str, dtype: str):
+        super().__init__(VisionEncoderCore.from_pretrained(model, device, dtype))
+
+    async def encode(self, pixels: np.ndarray) -> Embeddings:
+        return await self._encode_items(pixels)
+
+    @staticmethod
+    def _merge(chunks: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(chunks)

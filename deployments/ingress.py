@@ -191,7 +191,7 @@ class Ingress:
                                        score=predictions[0].score, predictions=predictions))
         return ClassifyResponse(model=self._model_name, data=data, usage=Usage.of(tokens))
 
-    @app.post("/v1/rerank")
+    @app.post("/v1/rerank", response_model_exclude_none=True)
     async def rerank(self, body: RerankRequest) -> RerankResponse:
         self._check_model(body.model)
         query_reference = _image_reference(body.query)

@@ -102,7 +102,7 @@ class LogitParams:
         from transformers import SiglipModel
 
         full = SiglipModel.from_pretrained(model)
-        return cls(logit_scale=float(full.logit_scale), logit_bias=float(full.logit_bias))
+        return cls(logit_scale=full.logit_scale.item(), logit_bias=full.logit_bias.item())
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

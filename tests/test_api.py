@@ -1,0 +1,249 @@
+"""The HTTP API, end to end through the Ray Serve graph deployed from serve_config.yaml.
+
+Every number is compared with transformers' SiglipModel and its processor (float32, CPU) on real
+photographs. The checkpoint has random weights: its scores are meaningless, but must be equal."""
+
+from __future__ import annotations
+
+import base64
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from ray import serve
+
+from tests.photos import data_uri, photos
+
+ATOL = 1e-5
+PHOTOS = photos()
+RAWS = [raw for _, raw in PHOTOS]
+URIS = [data_uri(raw) for raw in RAWS]
+LABELS = ["cat", "rocket", "cup of coffee", "astronaut", "galaxy"]
+TEMPLATE = "This is a photo of {}."
+PROMPTS = [TEMPLATE.format(label) for label in LABELS]
+APP = "siglip"
+
+
+@pytest.fixture(scope="module")
+def client(serve_url):
+    with httpx.Client(base_url=serve_url, timeout=120) as http:
+        yield http
+
+
+def _vectors(body: dict) -> np.ndarray:
+    return np.array([item["embedding"] for item in body["data"]], dtype=np.float32)
+
+
+def _assert_openai_error(response: httpx.Response, status: int, param: str | None = None):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+
+
+# ---- models and health ---------------------------------------------------------------------
+
+def test_models_lists_the_served_model(client, tiny_checkpoint):
+    body = client.get("/v1/models").json()
+    assert body["object"] == "list" and [m["id"] for m in body["data"]] == [tiny_checkpoint]
+
+
+def test_health_and_openapi_docs(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/embeddings", "/v1/classify", "/v1/rerank", "/v1/models"} <= set(paths)
+
+
+# ---- embeddings ----------------------------------------------------------------------------
+
+def test_embeddings_of_mixed_texts_and_photos_equal_the_reference(client, reference):
+    texts = ["a photo of a cat", "ANOTHER text, with punctuation!"]
+    items = [texts[0], {"image": URIS[0]}, {"text": texts[1]}] + [{"image": uri} for uri in URIS[1:]]
+    body = client.post("/v1/embeddings", json={"input": items}).json()
+    vectors = _vectors(body)
+    assert [item["index"] for item in body["data"]] == list(range(len(items)))
+    expected_texts = reference.text_embeddings(texts)
+    expected_images = reference.image_embeddings(RAWS)
+    np.testing.assert_allclose(vectors[[0, 2]], expected_texts, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(vectors[[1] + list(range(3, len(items)))], expected_images, rtol=0, atol=ATOL)
+    patches = (64 // 8) ** 2
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > len(RAWS) * patches
+
+
+def test_embeddings_base64_is_little_endian_float32(client, reference):
+    body = client.post("/v1/embeddings", json={"input": "a cat", "encoding_format": "base64"}).json()
+    decoded = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
+    np.testing.assert_allclose(decoded, reference.text_embeddings(["a cat"])[0], rtol=0, atol=ATOL)
+
+
+def test_the_official_openai_client_works(serve_url, tiny_checkpoint, reference):
+    client = openai.OpenAI(base_url=f"{serve_url}/v1", api_key="unused", max_retries=0)
+    texts = ["a cat", "a rocket on its launch pad"]
+    result = client.embeddings.create(model=tiny_checkpoint, input=texts)  # asks for base64
+    vectors = np.array([item.embedding for item in result.data], dtype=np.float32)
+    np.testing.assert_allclose(vectors, reference.text_embeddings(texts), rtol=0, atol=ATOL)
+    floats = client.embeddings.create(model=tiny_checkpoint, input="a cat", encoding_format="float")
+    np.testing.assert_allclose(floats.data[0].embedding, vectors[0], rtol=0, atol=1e-7)
+    assert result.usage.prompt_tokens > 0
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="some-other-model", input="a cat")
+
+
+# ---- classify ------------------------------------------------------------------------------
+
+def test_classify_equals_the_reference_on_real_photographs(client, reference):
+    inputs = [uri if i % 2 else {"image": uri} for i, uri in enumerate(URIS)]
+    body = client.post("/v1/classify", json={"input": inputs, "labels": LABELS}).json()
+    expected = reference.scores(RAWS, PROMPTS)
+    assert body["object"] == "list" and len(body["data"]) == len(RAWS)
+    for index, (item, row) in enumerate(zip(body["data"], expected)):
+        assert item["object"] == "classification" and item["index"] == index
+        scores = {p["label"]: p["score"] for p in item["predictions"]}
+        np.testing.assert_allclose([scores[label] for label in LABELS], row, rtol=0, atol=ATOL)
+        ordered = [p["score"] for p in item["predictions"]]
+        assert ordered == sorted(ordered, reverse=True)
+        assert (item["prediction"], item["score"]) == (item["predictions"][0]["label"], ordered[0])
+
+
+def test_classify_template_and_top_k(client, reference):
+    template = "a blurry picture of the {}"
+    body = client.post("/v1/classify", json={"input": URIS[:2], "labels": LABELS, "top_k": 2,
+                                              "hypothesis_template": template}).json()
+    expected = reference.scores(RAWS[:2], [template.format(label) for label in LABELS])
+    for item, row in zip(body["data"], expected):
+        assert len(item["predictions"]) == 2
+        best = np.argsort(-row)[:2]
+        assert [p["label"] for p in item["predictions"]] == [LABELS[i] for i in best]
+        np.testing.assert_allclose([p["score"] for p in item["predictions"]], row[best], rtol=0, atol=ATOL)
+
+
+def test_repeated_labels_come_from_the_text_cache(client):
+    text_encoder = serve.get_deployment_handle("TextEncoder", APP)
+    labels = ["a label only this test uses", "and its sibling"]
+    client.post("/v1/classify", json={"input": URIS[:1], "labels": labels})
+    before = text_encoder.cache_stats.remote().result()
+    client.post("/v1/classify", json={"input": URIS[1:2], "labels": labels})
+    after = text_encoder.cache_stats.remote().result()
+    assert after["hits"] - before["hits"] == 2 and after["misses"] == before["misses"]
+
+
+# ---- rerank --------------------------------------------------------------------------------
+
+def test_rerank_text_query_over_images_and_texts(client, reference):
+    documents = [{"image": URIS[0]}, "a cup of coffee", {"text": "a rocket"}, URIS[2], {"image": URIS[3]}]
+    body = client.post("/v1/rerank", json={"query": "a photo of a cat", "documents": documents,
+                                           "return_documents": True}).json()
+    query = reference.text_embeddings(["a photo of a cat"])
+    expected = np.concatenate([
+        reference.pair_score(query, reference.image_embeddings([RAWS[0]]))[0],
+        reference.pair_score(query, reference.text_embeddings(["a cup of coffee", "a rocket", URIS[2]]))[0],
+        reference.pair_score(query, reference.image_embeddings([RAWS[3]]))[0],
+    ])
+    # The scores SiglipModel's own forward gives for the text-image pairs:
+    np.testing.assert_allclose(expected[[0, 4]], reference.scores([RAWS[0], RAWS[3]], ["a photo of a cat"])[:, 0],
+                               rtol=0, atol=ATOL)
+    got = {r["index"]: r["relevance_score"] for r in body["results"]}
+    np.testing.assert_allclose([got[i] for i in range(len(documents))], expected, rtol=0, atol=ATOL)
+    assert [r["index"] for r in body["results"]] == list(np.argsort(-expected, kind="stable"))
+    returned = {r["index"]: r["document"] for r in body["results"]}
+    assert returned[1] == {"text": "a cup of coffee"} and returned[4] == {"image": URIS[3]}
+
+
+def test_rerank_image_query_over_texts_and_images_with_top_n(client, reference):
+    documents = LABELS + [{"image": uri} for uri in URIS[:3]]
+    body = client.post("/v1/rerank", json={"query": {"image": URIS[4]}, "documents": documents,
+                                           "top_n": 3}).json()
+    query = reference.image_embeddings([RAWS[4]])
+    expected = np.concatenate([reference.pair_score(query, reference.text_embeddings(LABELS))[0],
+                               reference.pair_score(query, reference.image_embeddings(RAWS[:3]))[0]])
+    assert [r["index"] for r in body["results"]] == list(np.argsort(-expected, kind="stable")[:3])
+    np.testing.assert_allclose([r["relevance_score"] for r in body["results"]],
+                               np.sort(expected)[::-1][:3], rtol=0, atol=ATOL)
+    assert all("document" not in r or r["document"] is None for r in body["results"])
+
+
+# ---- errors --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/embeddings", {}, "input"),
+    ("/v1/embeddings", {"input": []}, "input"),
+    ("/v1/embeddings", {"input": 5}, "input"),
+    ("/v1/embeddings", {"input": "x", "encoding_format": "int8"}, "encoding_format"),
+    ("/v1/embeddings", {"input": ["a", {"imag": "x"}]}, None),
+    ("/v1/classify", {"input": URIS[:1]}, "labels"),
+    ("/v1/classify", {"input": URIS[:1], "labels": ["a"], "top_k": 0}, "top_k"),
+    ("/v1/classify", {"input": URIS[:1], "labels": ["a"], "hypothesis_template": "no slot"},
+     "hypothesis_template"),
+    ("/v1/rerank", {"query": "a", "documents": []}, "documents"),
+    ("/v1/rerank", {"query": "a", "documents": ["b"], "top_n": -1}, "top_n"),
+])
+def test_invalid_fields_get_400_naming_the_field(client, path, body, param):
+    _assert_openai_error(client.post(path, json=body), 400, param)
+
+
+def test_malformed_json_gets_400(client):
+    response = client.post("/v1/classify", content=b'{"input": [', headers={"content-type": "application/json"})
+    _assert_openai_error(response, 400)
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/embeddings", {"input": ["ok", {"image": "bm90IGFuIGltYWdl"}]}, "input[1]"),
+    ("/v1/classify", {"input": [URIS[0], URIS[1], "%%%"], "labels": ["a"]}, "input[2]"),
+    ("/v1/rerank", {"query": {"image": "AAAA"}, "documents": ["a"]}, "query"),
+    ("/v1/rerank", {"query": "a", "documents": ["b", {"image": URIS[0][:200]}]}, "documents[1]"),
+])
+def test_an_undecodable_image_gets_400_naming_its_index(client, path, body, param):
+    response = client.post(path, json=body)
+    _assert_openai_error(response, 400, param)
+    assert response.json()["error"]["code"] == "invalid_image"
+
+
+def test_unknown_model_and_route_get_404(client):
+    _assert_openai_error(client.post("/v1/classify", json={"model": "nope", "input": URIS[:1],
+                                                           "labels": ["a"]}), 404, "model")
+    _assert_openai_error(client.get("/v1/nothing-here"), 404)
+
+
+# ---- concurrency and configuration ---------------------------------------------------------
+
+def test_concurrent_mixed_requests_each_get_their_own_results(client, reference):
+    """48 requests in flight at once, sharing batches, each checked against its own reference."""
+    text_reference = reference.text_embeddings(PROMPTS + [f"text number {i}" for i in range(16)])
+    image_reference = reference.image_embeddings(RAWS)
+    score_reference = reference.scores(RAWS, PROMPTS)
+
+    def one(i: int):
+        photo = i % len(RAWS)
+        kind = i % 3
+        if kind == 0:
+            body = client.post("/v1/embeddings", json={"input": [f"text number {i % 16}", {"image": URIS[photo]}]}).json()
+            vectors = _vectors(body)
+            np.testing.assert_allclose(vectors[0], text_reference[len(PROMPTS) + i % 16], rtol=0, atol=ATOL)
+            np.testing.assert_allclose(vectors[1], image_reference[photo], rtol=0, atol=ATOL)
+        elif kind == 1:
+            body = client.post("/v1/classify", json={"input": [URIS[photo]], "labels": LABELS}).json()
+            scores = {p["label"]: p["score"] for p in body["data"][0]["predictions"]}
+            np.testing.assert_allclose([scores[label] for label in LABELS], score_reference[photo], rtol=0, atol=ATOL)
+        else:
+            body = client.post("/v1/rerank", json={"query": PROMPTS[i % len(PROMPTS)],
+                                                   "documents": [{"image": URIS[photo]}]}).json()
+            np.testing.assert_allclose(body["results"][0]["relevance_score"],
+                                       score_reference[photo, i % len(PROMPTS)], rtol=0, atol=ATOL)
+
+    with ThreadPoolExecutor(max_workers=48) as pool:
+        list(pool.map(one, range(48)))
+
+
+@pytest.mark.parametrize("name", ["VisionEncoder", "TextEncoder"])
+def test_configured_batching_reaches_the_replicas(serve_url, serve_config, name):
+    configured = next(d for d in serve_config["applications"][0]["deployments"] if d["name"] == name)
+    effective = serve.get_deployment_handle(name, APP).effective_config.remote().result()
+    for key, value in configured["user_config"].items():
+        assert effective[key] == value, key
+    assert effective["batch_queue_max_batch_size"] == configured["user_config"]["max_batch_size"]
+    assert effective["batch_queue_wait_timeout_s"] == configured["user_config"]["batch_wait_timeout_s"]
+    assert effective["max_ongoing_requests"] == configured["max_ongoing_requests"]

@@ -1,0 +1,118 @@
+"""serve_config.yaml says what it means: Ray silently drops keys it does not know, so every key
+is checked here against Ray's own schema, and the graph's resource requests are checked too."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+from pydantic import BaseModel
+from ray.serve._private.build_app import build_app as build_deployments
+from ray.serve.config import AutoscalingConfig
+from ray.serve.schema import ServeDeploySchema
+
+import deployments.app as app_module
+from deployments.config import BatchingConfig, SiglipAppArgs, TextEncoderConfig
+
+# Fields Ray types as plain dicts, with the model that really reads them.
+USER_CONFIG_MODELS = {"VisionEncoder": BatchingConfig, "TextEncoder": TextEncoderConfig}
+DICT_FIELD_MODELS = {"autoscaling_config": AutoscalingConfig, "args": SiglipAppArgs}
+
+
+def _nested_model(annotation) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as Optional[List[Model]]."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in typing.get_args(annotation):
+        if (found := _nested_model(argument)) is not None:
+            return found
+    return None
+
+
+def unknown_keys(data: dict, model: type[BaseModel], path: str = "") -> list[str]:
+    """Every key in `data` that `model` (recursively) does not define."""
+    found = []
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else key
+        field = model.model_fields.get(key)
+        if field is None:
+            found.append(where)
+            continue
+        if key == "user_config":
+            nested = USER_CONFIG_MODELS.get(data.get("name"))
+            if nested is None:
+                found.append(f"{where} (no deployment reads a user_config)")
+                continue
+        else:
+            nested = DICT_FIELD_MODELS.get(key) or _nested_model(field.annotation)
+        if nested is None:
+            continue
+        for index, item in enumerate(value if isinstance(value, list) else [value]):
+            if isinstance(item, dict):
+                found += unknown_keys(item, nested, f"{where}[{index}]" if isinstance(value, list) else where)
+    return found
+
+
+def test_every_key_in_serve_config_is_one_ray_or_the_app_reads(serve_config):
+    ServeDeploySchema.model_validate(serve_config)
+    assert unknown_keys(serve_config, ServeDeploySchema) == []
+
+
+def test_the_key_check_catches_misspelled_and_renamed_keys(serve_config):
+    broken = {**serve_config, "applications": [dict(serve_config["applications"][0])]}
+    deployments = [dict(d) for d in broken["applications"][0]["deployments"]]
+    deployments[0]["max_concurrent_queries"] = 100  # the pre-2.10 name, silently ignored by Ray
+    deployments[2] = {**deployments[2], "autoscaling_config": {
+        **deployments[2]["autoscaling_config"], "target_num_ongoing_requests_per_replica": 4}}
+    deployments[3] = {**deployments[3], "user_config": {"max_batchsize": 8}}
+    broken["applications"][0]["deployments"] = deployments
+    ServeDeploySchema.model_validate(broken)  # Ray itself accepts all three...
+    found = unknown_keys(broken, ServeDeploySchema)
+    assert any(key.endswith("max_concurrent_queries") for key in found)
+    assert any(key.endswith("target_num_ongoing_requests_per_replica") for key in found)
+    assert any(key.endswith("user_config.max_batchsize") for key in found)
+
+
+def _deployment_configs(serve_config) -> dict[str, dict]:
+    return {d["name"]: d for d in serve_config["applications"][0]["deployments"]}
+
+
+@pytest.mark.parametrize("name", sorted(USER_CONFIG_MODELS))
+def test_encoder_batches_fit_within_max_ongoing_requests(serve_config, name):
+    """Ray never lets a batch hold more calls than max_ongoing_requests."""
+    deployment = _deployment_configs(serve_config)[name]
+    batching = USER_CONFIG_MODELS[name].model_validate(deployment["user_config"])
+    assert deployment["max_ongoing_requests"] >= batching.max_batch_size
+
+
+def _built(args: SiglipAppArgs):
+    return {d.name: d for d in build_deployments(app_module.build_app(args), name="siglip").deployments}
+
+
+def test_all_five_stages_fit_on_two_cores(serve_config):
+    args = SiglipAppArgs.model_validate({**serve_config["applications"][0]["args"], "encoder_gpus": 0})
+    built = _built(args)
+    assert set(built) == {"Ingress", "ImagePreprocessor", "VisionEncoder", "TextEncoder", "ScoreFusion"}
+    assert sum(d.ray_actor_options["num_cpus"] for d in built.values()) <= 2
+
+
+def test_encoders_ask_for_a_gpu_only_when_the_cluster_has_one(monkeypatch):
+    def gpus_per_stage(args: SiglipAppArgs) -> dict[str, float]:
+        return {name: d.ray_actor_options.get("num_gpus", 0) for name, d in _built(args).items()}
+
+    monkeypatch.setattr(app_module.ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
+    with_gpus = gpus_per_stage(SiglipAppArgs())
+    assert with_gpus["VisionEncoder"] == with_gpus["TextEncoder"] == 1
+    assert with_gpus["ImagePreprocessor"] == with_gpus["Ingress"] == with_gpus["ScoreFusion"] == 0
+
+    monkeypatch.setattr(app_module.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    assert gpus_per_stage(SiglipAppArgs())["VisionEncoder"] == 0
+    # An autoscaling cluster may start with no GPU node: an explicit value wins.
+    assert gpus_per_stage(SiglipAppArgs(encoder_gpus=0.5))["TextEncoder"] == 0.5
+
+
+def test_app_args_reject_unknown_keys():
+    with pytest.raises(ValueError):
+        SiglipAppArgs.model_validate({"modle": "x"})
+    with pytest.raises(ValueError):
+        TextEncoderConfig.model_validate({"cache_sizes": 1})

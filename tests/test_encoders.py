@@ -1,0 +1,84 @@
+"""The two towers equal SiglipModel, and the traps public servers fell into stay closed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from deployments.core.checkpoint import ImageSettings
+from deployments.core.encoders import Embeddings, TextEncoderCore, VisionEncoderCore
+from deployments.core.images import preprocess_references
+from tests.photos import data_uri, photos
+
+ATOL = 1e-5
+TEXTS = ["This is a photo of a cat.", "A DOG, running!!", "an astronaut",
+         "Two red cars near a window; 3 people watch.", ""]
+
+
+@pytest.fixture(scope="module")
+def vision(tiny_checkpoint) -> VisionEncoderCore:
+    return VisionEncoderCore.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def text(tiny_checkpoint) -> TextEncoderCore:
+    return TextEncoderCore.from_pretrained(tiny_checkpoint, device="auto", dtype="auto")
+
+
+def test_image_embeddings_equal_the_reference_on_real_photographs(vision, tiny_checkpoint, reference):
+    raws = [raw for _, raw in photos()]
+    pixels = preprocess_references([data_uri(raw) for raw in raws],
+                                   [f"input[{i}]" for i in range(len(raws))],
+                                   ImageSettings.from_pretrained(tiny_checkpoint))
+    ours = vision.encode(pixels)
+    np.testing.assert_allclose(ours.vectors, reference.image_embeddings(raws), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(np.linalg.norm(ours.vectors, axis=1), 1, atol=1e-6)
+    assert (ours.tokens == (64 // 8) ** 2).all()
+
+
+def test_text_embeddings_equal_the_reference(text, reference):
+    ours = text.encode(TEXTS)
+    np.testing.assert_allclose(ours.vectors, reference.text_embeddings(TEXTS), rtol=0, atol=ATOL)
+
+
+def test_a_text_embedding_does_not_depend_on_its_batch_companions(text):
+    alone = text.encode(["a cat"]).vectors[0]
+    with_short = text.encode(["a cat", "x"]).vectors[0]
+    with_long = text.encode(["a very long sentence about many different things " * 3, "a cat"]).vectors[1]
+    np.testing.assert_allclose(with_short, alone, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(with_long, alone, rtol=0, atol=1e-6)
+
+
+def test_texts_are_padded_to_max_length_and_truncated_at_64(text):
+    input_ids, tokens = text.tokenize(["a cat", "cat " * 200])
+    assert input_ids.shape == (2, 64)
+    assert tokens[1] == 64 and 2 <= tokens[0] < 10
+    assert (input_ids[0, tokens[0]:] == text.tokenizer.pad_token_id).all()
+
+
+def test_the_checkpoint_tokenizer_returns_no_attention_mask(tiny_checkpoint):
+    """As transformers' conversion of the real checkpoints does: the original tower has none."""
+    assert list(AutoTokenizer.from_pretrained(tiny_checkpoint)(["a cat"]).keys()) == ["input_ids"]
+
+
+def test_the_text_tower_attends_over_padding_as_the_original_does(text, reference):
+    """With a padding mask the embedding would differ; the reference (no mask) is what we match."""
+    input_ids, tokens = text.tokenize(["a cat"])
+    mask = (torch.arange(64) < int(tokens[0])).long()[None]
+    with torch.no_grad():
+        masked = reference.model.get_text_features(input_ids=input_ids, attention_mask=mask).pooler_output
+    masked = torch.nn.functional.normalize(masked, dim=-1).numpy()[0]
+    ours = text.encode(["a cat"]).vectors[0]
+    assert np.abs(ours - masked).max() > 1e-3
+    np.testing.assert_allclose(ours, reference.text_embeddings(["a cat"])[0], rtol=0, atol=ATOL)
+
+
+def test_embeddings_interleave_back_into_input_order():
+    images = Embeddings(np.array([[1.0, 0], [2.0, 0]], dtype=np.float32), np.array([10, 20]))
+    texts = Embeddings(np.array([[0, 3.0]], dtype=np.float32), np.array([3]))
+    merged = Embeddings.interleave([True, False, True], images, texts)
+    np.testing.assert_array_equal(merged.vectors, [[1, 0], [0, 3], [2, 0]])
+    np.testing.assert_array_equal(merged.tokens, [10, 3, 20])
+    assert [len(part) for part in merged.split([2, 1])] == [2, 1]

@@ -56,8 +56,14 @@ def _load_tower(tower_class, model: str, device: str, dtype: str):
     return tower.to(resolved_device).eval()
 
 
-class _DeviceCheck:
+class _EncoderCore:
+    tower: torch.nn.Module
     device: torch.device
+
+    def compile(self) -> None:
+        """torch.compile the tower once for every batch size (the batch dimension is dynamic),
+        so a new batch size never stalls a live request on a recompile."""
+        self.tower = torch.compile(self.tower, dynamic=True)
 
     def self_test(self) -> None:
         """Raises when the device can no longer run work (a lost or broken CUDA context).
@@ -66,7 +72,7 @@ class _DeviceCheck:
             raise RuntimeError(f"{self.device} returned a wrong result")
 
 
-class VisionEncoderCore(_DeviceCheck):
+class VisionEncoderCore(_EncoderCore):
     def __init__(self, tower: torch.nn.Module, settings: ImageSettings):
         """`tower` is a SiglipVisionModel (or SiglipModel.vision_model), already on its device
         and in its dtype."""
@@ -101,7 +107,7 @@ class VisionEncoderCore(_DeviceCheck):
         return Embeddings(vectors, np.full(len(vectors), self.tokens_per_image, dtype=np.int64))
 
 
-class TextEncoderCore(_DeviceCheck):
+class TextEncoderCore(_EncoderCore):
     def __init__(self, tower: torch.nn.Module, tokenizer):
         """`tower` is a SiglipTextModel (or SiglipModel.text_model), already on its device and
         in its dtype; `tokenizer` is the checkpoint's own."""

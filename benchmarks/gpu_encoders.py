@@ -60,19 +60,29 @@ def measure(run, device: torch.device, min_seconds: float, warmup: int = 2) -> f
     return statistics.median(times)
 
 
-def sweep(kind: str, core, make_batch, gflop_per_item: float, device, compiled: bool,
+def sweep(kind: str, core, make_batch, gflop_per_item: float, device, compiled: str | bool,
           min_seconds: float, batch_sizes: list[int]) -> list[dict]:
     rows = []
     for batch_size in batch_sizes:
         batch = make_batch(batch_size)
         seconds = measure(lambda: core.encode(batch), device, min_seconds)
         per_second = batch_size / seconds
-        rows.append({"encoder": kind, "compiled": compiled, "batch_size": batch_size,
+        rows.append({"encoder": kind, "compiled": compiled or "eager", "batch_size": batch_size,
                      "items_per_s": round(per_second, 1), "ms_per_batch": round(seconds * 1e3, 2),
                      "mfu": round(per_second * gflop_per_item / (PEAK_BF16_TFLOPS * 1e3), 4)})
-        print(f"{kind:6} compiled={compiled!s:5} batch={batch_size:4}  {per_second:9.1f} items/s  "
+        print(f"{kind:6} {compiled or 'eager':7} batch={batch_size:4}  {per_second:9.1f} items/s  "
               f"{seconds * 1e3:8.2f} ms  MFU {rows[-1]['mfu']:.3f}", flush=True)
     return rows
+
+
+def attention_backend(name: str):
+    from contextlib import nullcontext
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    return nullcontext() if name == "default" else sdpa_kernel(backends[name])
 
 
 def real_photos(size: int) -> np.ndarray:
@@ -120,7 +130,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=BATCH_SIZES)
     parser.add_argument("--min-seconds", type=float, default=1.0, help="timed seconds per point")
-    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--compile", choices=["dynamic", "static", "none"], default="dynamic",
+                        help="besides eager: torch.compile with a dynamic batch dimension, or "
+                             "specialized to each batch size, or not at all")
+    parser.add_argument("--encoders", nargs="+", choices=["vision", "text"], default=["vision", "text"])
+    parser.add_argument("--no-drift", action="store_true", help="skip the bf16-vs-fp32 check")
+    parser.add_argument("--sdpa", nargs="+", default=["default"],
+                        choices=["default", "flash", "cudnn", "efficient"],
+                        help="attention kernels to compare (eager only)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_encoders.json"))
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -134,9 +151,10 @@ def main() -> None:
     print(f"RANDOM-WEIGHT {args.preset} model built on {device} in "
           f"{time.perf_counter() - started:.1f}s", flush=True)
 
-    drift = precision_drift(model, tokenizer, device)
-    print(f"bf16 vs fp32: max |score diff| {drift['max_abs_score_diff']:.2e}, "
-          f"max |cos diff| {drift['max_abs_cosine_diff']:.2e}", flush=True)
+    drift = None if args.no_drift else precision_drift(model, tokenizer, device)
+    if drift:
+        print(f"bf16 vs fp32: max |score diff| {drift['max_abs_score_diff']:.2e}, "
+              f"max |cos diff| {drift['max_abs_cosine_diff']:.2e}", flush=True)
 
     model = model.to(torch.bfloat16)
     vision_config = model.config.vision_config
@@ -163,31 +181,40 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))
 
-    for compiled in ([False] if args.no_compile else [False, True]):
-        vision = VisionEncoderCore(model.vision_model, settings)
-        text = TextEncoderCore(model.text_model, tokenizer)
-        if compiled:
-            for core, make_batch in ((vision, images), (text, texts)):
-                core.compile()
+    if args.compile == "static":
+        torch._dynamo.config.automatic_dynamic_shapes = False  # one specialized graph per size
+    encoders = {"vision": (lambda: VisionEncoderCore(model.vision_model, settings), images, GFLOP_PER_IMAGE),
+                "text": (lambda: TextEncoderCore(model.text_model, tokenizer), texts, GFLOP_PER_TEXT)}
+    for compiled in ([False] if args.compile == "none" else [False, args.compile]):
+        for name in args.encoders:
+            make_core, make_batch, gflop = encoders[name]
+            core = make_core()
+            if compiled:
+                core.compile(dynamic=compiled == "dynamic")
                 compile_started = time.perf_counter()
                 core.encode(make_batch(2))
-                print(f"compiled {type(core).__name__} in {time.perf_counter() - compile_started:.1f}s",
-                      flush=True)
-        rows += sweep("vision", vision, images, GFLOP_PER_IMAGE, device, compiled,
-                      args.min_seconds, args.batch_sizes)
-        save()
-        rows += sweep("text", text, texts, GFLOP_PER_TEXT, device, compiled,
-                      args.min_seconds, args.batch_sizes)
-        save()
+                print(f"compiled {name} in {time.perf_counter() - compile_started:.1f}s", flush=True)
+            for backend in (["default"] if compiled else args.sdpa):
+                try:
+                    with attention_backend(backend):
+                        found = sweep(name, core, make_batch, gflop, device, compiled,
+                                      args.min_seconds, args.batch_sizes)
+                except RuntimeError as error:  # a kernel that does not support these shapes
+                    print(f"{name} attention={backend}: unavailable ({error})", flush=True)
+                    continue
+                rows += [{**row, "sdpa": backend} for row in found]
+                save()
 
     print(f"\n{report['device']}, torch {report['torch']}, {args.preset} (random weights), bfloat16\n")
-    print("| encoder | torch.compile | batch | items/s | ms/batch | MFU |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| encoder | torch.compile | attention | batch | items/s | ms/batch | MFU |")
+    print("|---|---|---|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['encoder']} | {'yes' if row['compiled'] else 'no'} | {row['batch_size']} | "
+        print(f"| {row['encoder']} | {row['compiled']} | {row['sdpa']} | {row['batch_size']} | "
               f"{row['items_per_s']:.1f} | {row['ms_per_batch']:.2f} | {row['mfu']:.1%} |")
-    print(f"\nbf16 vs fp32 classify: max |score diff| {drift['max_abs_score_diff']:.2e} "
-          f"({drift['images']} photos x {drift['labels']} labels); wall {report['wall_s']}s")
+    if drift:
+        print(f"\nbf16 vs fp32 classify: max |score diff| {drift['max_abs_score_diff']:.2e} "
+              f"({drift['images']} photos x {drift['labels']} labels)")
+    print(f"wall {report['wall_s']}s")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any, ClassVar, Sequence
 
 from ray import serve
@@ -28,6 +29,7 @@ class BatchedEncoder:
     def __init__(self, core):
         self._core = core
         self.config = self.config_model()
+        self._batch_sizes: Counter[int] = Counter()  # achieved batch size -> forward passes
 
     def reconfigure(self, user_config: dict) -> None:
         """serve_config.yaml's `user_config`; applied in place, without a restart."""
@@ -43,6 +45,10 @@ class BatchedEncoder:
                 "batch_queue_wait_timeout_s": self._encode_batch._get_batch_wait_timeout_s(),
                 "max_ongoing_requests": deployment_config.max_ongoing_requests}
 
+    def batch_stats(self) -> dict[int, int]:
+        """How many forward passes ran at each batch size (in items), since start."""
+        return dict(self._batch_sizes)
+
     def check_health(self) -> None:
         # Raising here makes Serve replace the replica.
         self._core.self_test()
@@ -56,6 +62,7 @@ class BatchedEncoder:
                  batch_wait_timeout_s=BatchingConfig().batch_wait_timeout_s,
                  batch_size_fn=_count_items)
     async def _encode_batch(self, chunks: list[Sequence]) -> list[Embeddings]:
+        self._batch_sizes[_count_items(chunks)] += 1
         merged = await asyncio.to_thread(self._core.encode, self._merge(chunks))
         return merged.split([len(chunk) for chunk in chunks])
 

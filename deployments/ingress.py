@@ -5,6 +5,7 @@ except where the response itself carries them (embeddings)."""
 # No `from __future__ import annotations` here: FastAPI reads the route annotations at run time.
 import asyncio
 import base64
+import logging
 import re
 import time
 
@@ -24,6 +25,9 @@ from deployments.protocol import (Classification, ClassifyRequest, ClassifyRespo
                                   ErrorResponse, ImageItem, Item, LabelScore, ModelCard,
                                   ModelList, RerankRequest, RerankResponse, RerankResult,
                                   TextItem, Usage)
+
+
+logger = logging.getLogger("ray.serve")
 
 
 class ApiError(Exception):
@@ -79,6 +83,15 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
     return error_response(400, ErrorInfo(message=f"{param or 'body'}: {first['msg']}",
                                          type="invalid_request_error", param=param,
                                          code="invalid_value"))
+
+
+@app.exception_handler(Exception)
+async def _internal_error(request: Request, error: Exception) -> JSONResponse:
+    # Bad input is answered before this point; reaching here is a server fault, still in
+    # OpenAI's shape so that clients parse it.
+    logger.exception("Request failed: %s %s", request.method, request.url.path)
+    return error_response(500, ErrorInfo(message=f"Internal error: {type(error).__name__}",
+                                         type="internal_error", code="internal_error"))
 
 
 @app.exception_handler(StarletteHTTPException)

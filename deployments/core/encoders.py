@@ -60,10 +60,10 @@ class _EncoderCore:
     tower: torch.nn.Module
     device: torch.device
 
-    def compile(self) -> None:
-        """torch.compile the tower once for every batch size (the batch dimension is dynamic),
-        so a new batch size never stalls a live request on a recompile."""
-        self.tower = torch.compile(self.tower, dynamic=True)
+    def compile(self, dynamic: bool = True) -> None:
+        """torch.compile the tower. dynamic=True compiles once for every batch size, so a new
+        batch size never stalls a live request on a recompile; False specializes per size."""
+        self.tower = torch.compile(self.tower, dynamic=dynamic)
 
     def self_test(self) -> None:
         """Raises when the device can no longer run work (a lost or broken CUDA context).

@@ -44,7 +44,7 @@ def build_app(args: SiglipAppArgs) -> Application:
     return Ingress.bind(
         args.served_model_name or model,
         ImagePreprocessor.bind(model),
-        on_encoder_device(VisionEncoder).bind(model, args.device, args.dtype),
-        on_encoder_device(TextEncoder).bind(model, args.device, args.dtype),
+        on_encoder_device(VisionEncoder).bind(model, args.device, args.dtype, args.torch_threads),
+        on_encoder_device(TextEncoder).bind(model, args.device, args.dtype, args.torch_threads),
         ScoreFusion.bind(model),
     )

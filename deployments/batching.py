@@ -6,6 +6,7 @@ import asyncio
 from collections import Counter
 from typing import Any, ClassVar, Sequence
 
+import torch
 from ray import serve
 
 from deployments.config import BatchingConfig
@@ -26,7 +27,9 @@ class BatchedEncoder:
 
     config_model: ClassVar[type[BatchingConfig]] = BatchingConfig
 
-    def __init__(self, core):
+    def __init__(self, core, torch_threads: int | None):
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
         self._core = core
         self.config = self.config_model()
         self._batch_sizes: Counter[int] = Counter()  # achieved batch size -> forward passes

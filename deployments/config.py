@@ -24,6 +24,9 @@ class SiglipAppArgs(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bfloat16 on CUDA, float32 on the CPU.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads per encoder replica for torch. Default: what Ray "
+        "gives the replica (OMP_NUM_THREADS, from its num_cpus: 1 for the default 0.5).")
     encoder_gpus: Literal["auto"] | Annotated[float, Field(ge=0)] = Field(
         "auto", description="GPUs per encoder replica. auto: 1 when the cluster has GPUs "
         "at deploy time, else 0. Set it explicitly on an autoscaling cluster that starts "

@@ -15,8 +15,8 @@ from deployments.core.encoders import Embeddings, TextEncoderCore
 class TextEncoder(BatchedEncoder):
     config_model = TextEncoderConfig
 
-    def __init__(self, model: str, device: str, dtype: str):
-        super().__init__(TextEncoderCore.from_pretrained(model, device, dtype))
+    def __init__(self, model: str, device: str, dtype: str, torch_threads: int | None):
+        super().__init__(TextEncoderCore.from_pretrained(model, device, dtype), torch_threads)
         self._cache: LRUCache[str, Embeddings] = LRUCache(self.config.cache_size)
 
     def reconfigure(self, user_config: dict) -> None:

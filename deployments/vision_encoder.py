@@ -11,8 +11,8 @@ from deployments.core.encoders import Embeddings, VisionEncoderCore
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class VisionEncoder(BatchedEncoder):
-    def __init__(self, model: str, device: str, dtype: str):
-        super().__init__(VisionEncoderCore.from_pretrained(model, device, dtype))
+    def __init__(self, model: str, device: str, dtype: str, torch_threads: int | None):
+        super().__init__(VisionEncoderCore.from_pretrained(model, device, dtype), torch_threads)
 
     async def encode(self, pixels: np.ndarray) -> Embeddings:
         return await self._encode_items(pixels)

@@ -1,0 +1,45 @@
+"""Deploys a serve_config.yaml-shaped config on a local Ray cluster exactly as `serve run` does
+(the controller imports the builder and applies the YAML's deployment overrides), for the tests
+and the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import contextmanager
+from typing import Iterator
+
+from deployments.core.checkpoint import MODEL_ENV_VAR
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serve_locally(config: dict, model: str, num_cpus: int | None = None,
+                  timeout_s: float = 300) -> Iterator[str]:
+    """Yields the base URL of the running graph, served on a free loopback port, with `model`
+    chosen through SIGLIP_MODEL as a user would."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway cluster on loopback
+    os.environ[MODEL_ENV_VAR] = model  # inherited by the Ray workers started below
+    import ray
+    from ray import serve
+    from ray.serve._private import api as serve_api
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(
+        {**config, "http_options": {"host": "127.0.0.1", "port": free_port()}})
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        client = serve_api.serve_start(http_options=config.http_options.model_dump(),
+                                       proxy_location=config.proxy_location)
+        client.deploy_apps(config, _blocking=True)
+        for app in config.applications:
+            client._wait_for_application_running(app.name, timeout_s=timeout_s)
+        yield f"http://127.0.0.1:{config.http_options.port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()

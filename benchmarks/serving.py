@@ -1,0 +1,327 @@
+"""Side-by-side serving benchmark, in one run on one machine:
+
+  (a) limit  - the project's encoder code in-process on pre-decoded batches, no serving
+  (b) graph  - this Ray Serve graph over HTTP, deployed from serve_config.yaml
+  (c) naive  - one FastAPI process with transformers' pipeline / get_*_features
+  (d) peer   - optionally, any OpenAI-compatible server given by --peer-url (embeddings only)
+
+over six workloads of real JPEG photographs (1-12 megapixels), at closed-loop concurrency
+1, 4, 16, 64 and an open-loop Poisson rate. Writes serving.json and serving.md to --out.
+
+    python -m benchmarks.serving --preset base --out benchmarks/results
+
+The checkpoint has RANDOM weights (the hub cannot be reached): the compute, and so the
+throughput, equal the real model's; the scores are meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import asyncio
+import io
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import httpx
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from skimage import data
+
+from benchmarks.load import closed_loop, open_loop
+from deployments.config import BatchingConfig, TextEncoderConfig
+from deployments.core.encoders import TextEncoderCore, VisionEncoderCore
+from deployments.core.random_checkpoint import make_checkpoint
+from deployments.local_cluster import free_port, serve_locally
+
+REPO = Path(__file__).resolve().parent.parent
+LABELS = ["cat", "dog", "astronaut", "rocket", "cup of coffee", "galaxy", "city street",
+          "mountain", "beach", "bicycle"]
+WORDS = ["a", "photo", "of", "the", "red", "small", "cat", "dog", "on", "street", "rocket",
+         "coffee", "near", "window", "old", "bright"]
+MEGAPIXELS = [1, 2, 3, 5, 8, 12]
+
+
+@dataclass
+class Workload:
+    name: str
+    path: str
+    item: str  # what items_per_s counts: "image" or "text"
+    items_per_request: int
+    texts_to_encode: int  # fresh texts per request that no cache can serve
+    images_to_encode: int
+    make_body: Callable[[int], bytes]
+
+
+def realistic_jpegs() -> list[str]:
+    """Real photographs, scaled to the sizes phones and cameras produce, as data URIs."""
+    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.hubble_deep_field(),
+               data.immunohistochemistry()]
+    uris = []
+    for pixels, megapixels in zip(sources, MEGAPIXELS):
+        image = Image.fromarray(pixels)
+        scale = (megapixels * 1e6 / (image.width * image.height)) ** 0.5
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=90)
+        uris.append("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode())
+    return uris
+
+
+def sentence(seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    return " ".join(rng.choice(WORDS, size=int(rng.integers(5, 12)))) + f" {seed}"
+
+
+def workloads(photos: list[str]) -> list[Workload]:
+    def body(payload: dict) -> bytes:
+        return json.dumps(payload).encode()
+
+    def photo(i: int) -> str:
+        return photos[i % len(photos)]
+
+    return [
+        Workload("classify", "/v1/classify", "image", 1, 0, 1,
+                 lambda i: body({"input": [photo(i)], "labels": LABELS})),
+        Workload("classify_fresh_labels", "/v1/classify", "image", 1, len(LABELS), 1,
+                 lambda i: body({"input": [photo(i)], "labels": [f"{l} {i}" for l in LABELS]})),
+        Workload("image_embeddings_1", "/v1/embeddings", "image", 1, 0, 1,
+                 lambda i: body({"input": [{"image": photo(i)}]})),
+        Workload("image_embeddings_8", "/v1/embeddings", "image", 8, 0, 8,
+                 lambda i: body({"input": [{"image": photo(i + k)} for k in range(8)]})),
+        Workload("text_embeddings_32", "/v1/embeddings", "text", 32, 32, 0,
+                 lambda i: body({"input": [sentence(i * 32 + k) for k in range(32)]})),
+        Workload("rerank_16", "/v1/rerank", "image", 16, 1, 16,
+                 lambda i: body({"query": sentence(10**9 + i), "documents": [{"image": photo(i + k)} for k in range(16)]})),
+    ]
+
+
+def measure_limit(model: str, vision_batch: int, text_batch: int, seconds: float) -> dict:
+    """Encoder throughput in-process at the graph's batch sizes, on pre-decoded pixels."""
+    vision = VisionEncoderCore.from_pretrained(model, device="auto")
+    text = TextEncoderCore.from_pretrained(model, device="auto")
+    settings = vision.settings
+    pixels = np.random.default_rng(0).integers(0, 256, (vision_batch, settings.height, settings.width, 3),
+                                               dtype=np.uint8)
+    texts = [sentence(10**6 + k) for k in range(text_batch)]
+
+    def rate(run, items: int) -> float:
+        run()  # warm-up
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds or count < 2:
+            run()
+            count += 1
+        return items * count / (time.perf_counter() - started)
+
+    return {"images_per_s": rate(lambda: vision.encode(pixels), vision_batch),
+            "texts_per_s": rate(lambda: text.encode(texts), text_batch),
+            "vision_batch": vision_batch, "text_batch": text_batch, "torch_threads": torch.get_num_threads()}
+
+
+def limit_items_per_s(workload: Workload, limit: dict) -> float:
+    seconds = workload.images_to_encode / limit["images_per_s"] + workload.texts_to_encode / limit["texts_per_s"]
+    return workload.items_per_request / seconds
+
+
+def _post(base_url: str, workload: Workload, index: int) -> None:
+    httpx.post(base_url + workload.path, content=workload.make_body(index), timeout=600,
+               headers={"content-type": "application/json"}).raise_for_status()
+
+
+def run_loads(system: str, base_url: str, chosen: list[Workload], args, rates: dict[str, float],
+              batch_stats: Callable[[], dict] | None = None) -> list[dict]:
+    """Closed loops at each concurrency, then the open loop where `rates` names a rate. After
+    each point one more request must come back, so a backlog never leaks into the next point."""
+    rows = []
+    for workload in chosen:
+        _post(base_url, workload, 10**7)  # unmeasured: pays for lazy set-up in every stage
+        loads = [("closed", c) for c in args.concurrency]
+        if workload.name in rates:
+            loads.append(("poisson", rates[workload.name]))
+        for kind, level in loads:
+            before = batch_stats() if batch_stats else None
+            if kind == "closed":
+                result = asyncio.run(closed_loop(base_url, workload.path, workload.make_body, level, args.duration))
+            else:
+                result = asyncio.run(open_loop(base_url, workload.path, workload.make_body, level, args.duration))
+            row = {"system": system, "workload": workload.name, "load": kind,
+                   ("concurrency" if kind == "closed" else "rate_per_s"): level,
+                   **result.summary(workload.items_per_request)}
+            if batch_stats:
+                row["mean_batch"] = _mean_batches(before, batch_stats())
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "error_samples"}), flush=True)
+            _post(base_url, workload, 10**7 + 1)
+    return rows
+
+
+def poisson_rates(rows: list[dict], fraction: float) -> dict[str, float]:
+    """The same offered load for every system: a fraction of the graph's best request rate."""
+    rates: dict[str, float] = {}
+    for row in rows:
+        if row["system"] == "graph" and row["load"] == "closed" and row["errors"] == 0:
+            rates[row["workload"]] = max(rates.get(row["workload"], 0), row["requests_per_s"])
+    return {name: round(fraction * rate, 3) for name, rate in rates.items() if rate > 0}
+
+
+def _mean_batches(before: dict, after: dict) -> dict:
+    means = {}
+    for encoder in after:
+        passes = {size: count - before[encoder].get(size, 0) for size, count in after[encoder].items()}
+        total = sum(passes.values())
+        means[encoder] = round(sum(size * count for size, count in passes.items()) / total, 2) if total else None
+    return means
+
+
+def graph_batch_stats() -> dict:
+    from ray import serve
+
+    return {name: serve.get_deployment_handle(name, "siglip").batch_stats.remote().result()
+            for name in ("VisionEncoder", "TextEncoder")}
+
+
+def benchmark_graph(model: str, config: dict, chosen, args) -> list[dict]:
+    app = config["applications"][0]
+    app["args"] = {**app.get("args", {}), "device": args.device, "torch_threads": args.torch_threads}
+    with serve_locally(config, model, num_cpus=args.ray_cpus) as url:
+        rows = run_loads("graph", url, chosen, args, {}, graph_batch_stats)
+        if args.poisson_fraction > 0:
+            rows += run_loads("graph", url, chosen, _only_open_loop(args),
+                              poisson_rates(rows, args.poisson_fraction), graph_batch_stats)
+        return rows
+
+
+def _only_open_loop(args):
+    return argparse.Namespace(**{**vars(args), "concurrency": []})
+
+
+def benchmark_naive(model: str, chosen, args, rates) -> list[dict]:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "benchmarks.naive_server", "--model", model,
+                               "--port", str(port)], cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(url + "/docs", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        return run_loads("naive", url, chosen, args, rates)
+    finally:
+        server.kill()
+        server.wait()
+
+
+def summarize(rows: list[dict], limits: dict[str, float], chosen: list[Workload], gpu_price: float) -> list[dict]:
+    summary = []
+    for workload in chosen:
+        def best(system):
+            values = [r["items_per_s"] for r in rows if r["system"] == system and r["workload"] == workload.name
+                      and r["load"] == "closed" and r["errors"] == 0]
+            return max(values, default=None)
+
+        def at(system, concurrency, key):
+            return next((r[key] for r in rows if r["system"] == system and r["workload"] == workload.name
+                         and r.get("concurrency") == concurrency), None)
+
+        graph, naive = best("graph"), best("naive")
+        entry = {"workload": workload.name, "item": workload.item,
+                 "limit_items_per_s": round(limits[workload.name], 3), "graph_items_per_s": graph,
+                 "naive_items_per_s": naive,
+                 "efficiency_graph_over_limit": graph and round(graph / limits[workload.name], 3)}
+        for concurrency in (16, 64):
+            g, n = at("graph", concurrency, "items_per_s"), at("naive", concurrency, "items_per_s")
+            entry[f"speedup_over_naive_c{concurrency}"] = round(g / n, 2) if g and n else None
+        entry["p50_ms_c1_graph"], entry["p50_ms_c1_naive"] = at("graph", 1, "p50_ms"), at("naive", 1, "p50_ms")
+        if workload.item == "image" and graph:
+            entry["usd_per_1000_images"] = round(gpu_price / 3600 / graph * 1000, 4)
+        summary.append(entry)
+    return summary
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Machine: {report['machine']}; preset `{report['preset']}` (random weights), "
+             f"device {report['device']}; {report['duration_s']} s per point.", "",
+             "| workload | limit (a) items/s | graph (b) | naive (c) | (b)/(a) | (b)/(c) at 16 | (b)/(c) at 64 "
+             "| p50 c=1 graph / naive (ms) | $ per 1k images |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in report["summary"]:
+        lines.append(f"| {s['workload']} | {s['limit_items_per_s']} | {s['graph_items_per_s']} | "
+                     f"{s['naive_items_per_s']} | {s['efficiency_graph_over_limit']} | "
+                     f"{s['speedup_over_naive_c16']} | {s['speedup_over_naive_c64']} | "
+                     f"{s['p50_ms_c1_graph']} / {s['p50_ms_c1_naive']} | {s.get('usd_per_1000_images', '')} |")
+    lines += ["", "| system | workload | load | items/s | p50 ms | p95 ms | p99 ms | errors | mean batch (vision, text) |",
+              "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in report["rows"]:
+        level = f"c={r['concurrency']}" if r["load"] == "closed" else f"poisson {r['rate_per_s']}/s"
+        batches = r.get("mean_batch") or {}
+        lines.append(f"| {r['system']} | {r['workload']} | {level} | {r['items_per_s']} | {r['p50_ms']} | "
+                     f"{r['p95_ms']} | {r['p99_ms']} | {r['errors']} | "
+                     f"{batches.get('VisionEncoder', '')}, {batches.get('TextEncoder', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def peer_rows(url: str, chosen: list[Workload], args) -> list[dict]:
+    embeddings_only = [w for w in chosen if w.path == "/v1/embeddings"]
+    return run_loads("peer", url.rstrip("/"), embeddings_only, args, {})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="base", choices=["tiny", "base", "so400m"])
+    parser.add_argument("--model", help="an existing checkpoint instead of a generated preset")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--workloads", nargs="+", help="names to run (default: all)")
+    parser.add_argument("--systems", nargs="+", default=["graph", "naive"], choices=["graph", "naive"])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--duration", type=float, default=15, help="seconds per load point")
+    parser.add_argument("--poisson-fraction", type=float, default=0.7,
+                        help="open-loop rate as a fraction of the graph's best closed-loop request "
+                             "rate, offered to every system (0 skips it)")
+    parser.add_argument("--torch-threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads in each encoder replica of the graph")
+    parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs Ray may schedule (default: all)")
+    parser.add_argument("--gpu-price", type=float, default=2.5, help="USD per GPU-hour, for cost per 1k images")
+    parser.add_argument("--peer-url", help="an external OpenAI-compatible server, for embeddings")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args()
+
+    model = args.model or str(make_checkpoint(args.preset, REPO / "checkpoints" / args.preset))
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    batching = {d["name"]: d.get("user_config", {}) for d in config["applications"][0]["deployments"]}
+    limit = measure_limit(model, BatchingConfig.model_validate(batching["VisionEncoder"]).max_batch_size,
+                          TextEncoderConfig.model_validate(batching["TextEncoder"]).max_batch_size,
+                          seconds=max(3.0, args.duration / 3))
+    print(f"limit: {limit}", flush=True)
+
+    chosen = [w for w in workloads(realistic_jpegs()) if not args.workloads or w.name in args.workloads]
+    limits = {w.name: limit_items_per_s(w, limit) for w in chosen}
+    # The graph runs first: its best closed-loop rate sets the open-loop rate for everyone.
+    rows = benchmark_graph(model, config, chosen, args) if "graph" in args.systems else []
+    if "naive" in args.systems:
+        rows += benchmark_naive(model, chosen, args, poisson_rates(rows, args.poisson_fraction))
+    if args.peer_url:
+        rows += peer_rows(args.peer_url, chosen, args)
+
+    report = {"machine": f"{platform.node()} {platform.machine()}, {torch.get_num_threads()} torch threads, "
+                         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}",
+              "preset": args.model or args.preset, "device": args.device, "duration_s": args.duration,
+              "command": " ".join(sys.argv), "limit": limit, "rows": rows,
+              "summary": summarize(rows, limits, chosen, args.gpu_price)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serving.json").write_text(json.dumps(report, indent=2))
+    (args.out / "serving.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -18,6 +18,7 @@ class LoadResult:
     seconds: float
     latencies_s: list[float] = field(default_factory=list)
     errors: int = 0
+    cut: int = 0  # requests still running when the run's time was up, cancelled
     error_samples: list[str] = field(default_factory=list)
 
     def record_error(self, description: str) -> None:
@@ -28,7 +29,7 @@ class LoadResult:
     def summary(self, items_per_request: int) -> dict:
         done = len(self.latencies_s)
         percentiles = (np.percentile(self.latencies_s, [50, 95, 99]) * 1e3).round(1).tolist() if done else [None] * 3
-        return {"requests": done, "errors": self.errors, "seconds": round(self.seconds, 2),
+        return {"requests": done, "errors": self.errors, "cut": self.cut, "seconds": round(self.seconds, 2),
                 "requests_per_s": round(done / self.seconds, 3),
                 "items_per_s": round(done * items_per_request / self.seconds, 3),
                 "p50_ms": percentiles[0], "p95_ms": percentiles[1], "p99_ms": percentiles[2],
@@ -54,19 +55,25 @@ def _client(base_url: str, connections: int, timeout_s: float) -> httpx.AsyncCli
 
 
 async def closed_loop(base_url: str, path: str, make_body: Callable[[int], bytes], concurrency: int,
-                      duration_s: float, timeout_s: float = 120) -> LoadResult:
+                      duration_s: float, drain_s: float = 30, timeout_s: float = 120) -> LoadResult:
     """`concurrency` clients, each sending its next request as soon as the last one returns,
-    for `duration_s`; requests still in flight at the end are awaited and counted."""
+    for `duration_s`. Requests still in flight then get `drain_s` more; any left are cancelled
+    (the client disconnects) and counted as `cut`, neither done nor failed."""
     counter = iter(range(10**9))
-    deadline = time.perf_counter() + duration_s
+    started = time.perf_counter()
+    deadline = started + duration_s
     result = LoadResult(seconds=0)
     async with _client(base_url, concurrency, timeout_s) as client:
         async def worker():
             while time.perf_counter() < deadline:
                 await _send(client, path, make_body(next(counter)), result)
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+        _, unfinished = await asyncio.wait(workers, timeout=duration_s + drain_s)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+        result.cut = len(unfinished)
         result.seconds = time.perf_counter() - started
     return result
 

@@ -131,9 +131,15 @@ def limit_items_per_s(workload: Workload, limit: dict) -> float:
     return workload.items_per_request / seconds
 
 
-def _post(base_url: str, workload: Workload, index: int) -> None:
-    httpx.post(base_url + workload.path, content=workload.make_body(index), timeout=600,
-               headers={"content-type": "application/json"}).raise_for_status()
+def _post(base_url: str, workload: Workload, index: int, timeout_s: float = 300) -> bool:
+    """One request; False if it did not come back in time (a server still busy with a backlog)."""
+    try:
+        response = httpx.post(base_url + workload.path, content=workload.make_body(index),
+                              timeout=timeout_s, headers={"content-type": "application/json"})
+    except httpx.TimeoutException:
+        return False
+    response.raise_for_status()
+    return True
 
 
 def run_loads(system: str, base_url: str, chosen: list[Workload], args, rates: dict[str, float],
@@ -157,9 +163,9 @@ def run_loads(system: str, base_url: str, chosen: list[Workload], args, rates: d
                    **result.summary(workload.items_per_request)}
             if batch_stats:
                 row["mean_batch"] = _mean_batches(before, batch_stats())
+            row["settled"] = _post(base_url, workload, 10**7 + 1)
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "error_samples"}), flush=True)
-            _post(base_url, workload, 10**7 + 1)
     return rows
 
 

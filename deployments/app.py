@@ -16,7 +16,7 @@ from ray.serve import Application
 
 from deployments.config import SiglipAppArgs
 from deployments.core.checkpoint import resolve_model
-from deployments.ingress import Ingress
+from deployments.ingress import Ingress, RequestPolicy
 from deployments.preprocessor import ImagePreprocessor
 from deployments.score_fusion import ScoreFusion
 from deployments.text_encoder import TextEncoder
@@ -43,6 +43,7 @@ def build_app(args: SiglipAppArgs) -> Application:
 
     return Ingress.bind(
         args.served_model_name or model,
+        RequestPolicy(timeout_s=args.request_timeout_s, retries=args.stage_retries),
         ImagePreprocessor.bind(model),
         on_encoder_device(VisionEncoder).bind(model, args.device, args.dtype, args.torch_threads),
         on_encoder_device(TextEncoder).bind(model, args.device, args.dtype, args.torch_threads),

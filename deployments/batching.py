@@ -11,6 +11,7 @@ from ray import serve
 
 from deployments.config import BatchingConfig
 from deployments.core.encoders import Embeddings
+from deployments.metrics import EncoderMetrics
 
 
 def _count_items(chunks: list[Sequence]) -> int:
@@ -33,6 +34,7 @@ class BatchedEncoder:
         self._core = core
         self.config = self.config_model()
         self._batch_sizes: Counter[int] = Counter()  # achieved batch size -> forward passes
+        self.metrics = EncoderMetrics()
 
     def reconfigure(self, user_config: dict) -> None:
         """serve_config.yaml's `user_config`; applied in place, without a restart."""
@@ -56,6 +58,14 @@ class BatchedEncoder:
         # Raising here makes Serve replace the replica.
         self._core.self_test()
 
+    async def encode(self, items: Sequence) -> Embeddings:
+        """Unit embeddings of a request's items (pixels or texts), in order."""
+        with self.metrics.timed():
+            return await self._encode_request(items)
+
+    async def _encode_request(self, items: Sequence) -> Embeddings:
+        return await self._encode_items(items)
+
     async def _encode_items(self, items: Sequence) -> Embeddings:
         size = self.config.max_batch_size
         chunks = [items[start:start + size] for start in range(0, len(items), size)]
@@ -65,7 +75,10 @@ class BatchedEncoder:
                  batch_wait_timeout_s=BatchingConfig().batch_wait_timeout_s,
                  batch_size_fn=_count_items)
     async def _encode_batch(self, chunks: list[Sequence]) -> list[Embeddings]:
-        self._batch_sizes[_count_items(chunks)] += 1
+        size = _count_items(chunks)
+        self._batch_sizes[size] += 1
+        self.metrics.batch_size.observe(size)
+        self.metrics.items_encoded.inc(size)
         merged = await asyncio.to_thread(self._core.encode, self._merge(chunks))
         return merged.split([len(chunk) for chunk in chunks])
 

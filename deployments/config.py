@@ -27,6 +27,12 @@ class SiglipAppArgs(_Strict):
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads per encoder replica for torch. Default: what Ray "
         "gives the replica (OMP_NUM_THREADS, from its num_cpus: 1 for the default 0.5).")
+    request_timeout_s: float = Field(
+        60, gt=0, description="A request still unanswered after this long gets a 504. Keep it "
+        "below http_options.request_timeout_s, whose 408 is not in OpenAI's error shape.")
+    stage_retries: int = Field(
+        3, ge=0, le=10, description="Times a request's stage calls are re-sent when a replica "
+        "died under them (inference is idempotent) before the client sees a 503.")
     encoder_gpus: Literal["auto"] | Annotated[float, Field(ge=0)] = Field(
         "auto", description="GPUs per encoder replica. auto: 1 when the cluster has GPUs "
         "at deploy time, else 0. Set it explicitly on an autoscaling cluster that starts "

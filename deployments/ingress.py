@@ -8,18 +8,23 @@ import base64
 import logging
 import re
 import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Sequence
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
-from ray.exceptions import RayTaskError
+from ray.exceptions import (NodeDiedError, ObjectLostError, RayActorError, RayTaskError,
+                            WorkerCrashedError)
+from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.core.encoders import Embeddings
 from deployments.core.images import ImageInputError
+from deployments.metrics import request_errors, stage_retries
 from deployments.protocol import (Classification, ClassifyRequest, ClassifyResponse,
                                   EmbeddingData, EmbeddingRequest, EmbeddingResponse, ErrorInfo,
                                   ErrorResponse, ImageItem, Item, LabelScore, ModelCard,
@@ -32,14 +37,30 @@ logger = logging.getLogger("ray.serve")
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None,
+                 retry_after_s: float | None = None):
         super().__init__(message)
         self.status = status
         self.info = ErrorInfo(message=message, type=type, param=param, code=code)
+        self.retry_after_s = retry_after_s
 
 
-def error_response(status: int, info: ErrorInfo) -> JSONResponse:
-    return JSONResponse(ErrorResponse(error=info).model_dump(), status_code=status)
+def error_response(status: int, info: ErrorInfo, retry_after_s: float | None = None) -> JSONResponse:
+    request_errors().inc(tags={"type": info.type})
+    headers = {"Retry-After": str(max(1, round(retry_after_s)))} if retry_after_s is not None else None
+    return JSONResponse(ErrorResponse(error=info).model_dump(), status_code=status, headers=headers)
+
+
+# A replica that died, or its node, under a stage call. Inference is idempotent: send it again.
+REPLICA_FAILURES = (RayActorError, ReplicaUnavailableError, WorkerCrashedError, NodeDiedError,
+                    ObjectLostError)
+
+
+@dataclass(frozen=True)
+class RequestPolicy:
+    timeout_s: float = 60
+    retries: int = 3
+    retry_backoff_s: float = 0.5
 
 
 _ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 500)}
@@ -52,7 +73,7 @@ app = FastAPI(title="SigLIP serving",
 
 @app.exception_handler(ApiError)
 async def _api_error(request: Request, error: ApiError) -> JSONResponse:
-    return error_response(error.status, error.info)
+    return error_response(error.status, error.info, error.retry_after_s)
 
 
 _FIELD = re.compile(r"^[a-z_]+$")
@@ -122,12 +143,52 @@ def _to_wire(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     return vector.tolist()
 
 
+async def run_stage_calls(stage_calls: Callable[[], Sequence[Awaitable | None]],
+                          policy: RequestPolicy) -> list:
+    """Sends a request's stage calls and awaits them (None stays None), within the request
+    timeout. When a replica dies under them, all are sent again, from the first stage: the
+    dead replica's results may be lost, and inference is idempotent. Stage errors become the
+    client's ApiError."""
+    try:
+        return await asyncio.wait_for(_with_retries(stage_calls, policy), policy.timeout_s)
+    except asyncio.TimeoutError:
+        raise ApiError(504, f"The request did not finish within {policy.timeout_s:g} s.",
+                       type="timeout_error", code="timeout") from None
+
+
+async def _with_retries(stage_calls, policy: RequestPolicy) -> list:
+    for attempt in range(policy.retries + 1):
+        responses = stage_calls()
+        try:
+            done = iter(await asyncio.gather(*(r for r in responses if r is not None)))
+            return [None if r is None else next(done) for r in responses]
+        except ImageInputError as error:
+            cause = _original_error(error)
+            raise ApiError(400, str(cause), param=cause.param, code="invalid_image") from None
+        except BackPressureError as error:
+            cause = _original_error(error)
+            raise ApiError(cause.status_code, "The server is at capacity; retry later.",
+                           type="overloaded_error", code="overloaded",
+                           retry_after_s=cause.retry_after_s or 1) from None
+        except Exception as error:
+            cause = _original_error(error)
+            if not isinstance(cause, REPLICA_FAILURES):
+                raise
+            logger.warning("Attempt %d of %d lost a replica (%s); sending the request again.",
+                           attempt + 1, policy.retries + 1, type(cause).__name__)
+            stage_retries().inc()
+            await asyncio.sleep(policy.retry_backoff_s * 2 ** attempt)
+    raise ApiError(503, "A serving stage kept failing; retry later.", type="service_unavailable",
+                   code="stage_unavailable", retry_after_s=5)
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, served_model_name: str, preprocessor: DeploymentHandle,
+    def __init__(self, served_model_name: str, policy: RequestPolicy, preprocessor: DeploymentHandle,
                  vision: DeploymentHandle, text: DeploymentHandle, fusion: DeploymentHandle):
         self._model_name = served_model_name
+        self._policy = policy
         self._created = int(time.time())
         self._preprocessor = preprocessor
         self._vision = vision
@@ -140,29 +201,20 @@ class Ingress:
         # The unawaited pixels go straight from the preprocessor's replica to the encoder's.
         return self._vision.encode.remote(self._preprocessor.preprocess.remote(references, params))
 
-    def _encode_items(self, items: list[Item], param: str):
-        """(is_image per item, image embeddings or None, text embeddings or None), unawaited."""
-        is_image = [_image_reference(item) is not None for item in items]
-        images = [(_image_reference(item), f"{param}[{i}]") for i, item in enumerate(items)
-                  if is_image[i]]
-        texts = [_text(item) for item, image in zip(items, is_image) if not image]
-        image_embeddings = self._encode_images(*map(list, zip(*images))) if images else None
+    def _encode_items(self, items: list[Item], is_image: list[bool], param: str):
+        """(image embeddings or None, text embeddings or None), unawaited."""
+        images = [i for i, flag in enumerate(is_image) if flag]
+        texts = [_text(item) for item, flag in zip(items, is_image) if not flag]
+        image_embeddings = (self._encode_images([items[i].image for i in images],
+                                                [f"{param}[{i}]" for i in images])
+                            if images else None)
         text_embeddings = self._text.encode.remote(texts) if texts else None
-        return is_image, image_embeddings, text_embeddings
+        return image_embeddings, text_embeddings
 
     def _check_model(self, requested: str | None) -> None:
         if requested is not None and requested != self._model_name:
             raise ApiError(404, f"The model '{requested}' does not exist; this server serves "
                                 f"'{self._model_name}'.", param="model", code="model_not_found")
-
-    @staticmethod
-    async def _result(*responses: DeploymentResponse | None):
-        """Awaits stage calls; a bad image anywhere upstream becomes the client's 400."""
-        try:
-            return await asyncio.gather(*(r for r in responses if r is not None))
-        except ImageInputError as error:
-            cause = _original_error(error)
-            raise ApiError(400, str(cause), param=cause.param, code="invalid_image") from None
 
     # ---- routes --------------------------------------------------------------------------
 
@@ -178,11 +230,10 @@ class Ingress:
     async def embeddings(self, body: EmbeddingRequest) -> EmbeddingResponse:
         self._check_model(body.model)
         items = [body.input] if isinstance(body.input, str) else body.input
-        is_image, images, texts = self._encode_items(items, "input")
-        awaited = await self._result(images, texts)
-        embeddings = Embeddings.interleave(is_image,
-                                           awaited.pop(0) if images is not None else None,
-                                           awaited.pop(0) if texts is not None else None)
+        is_image = [_image_reference(item) is not None for item in items]
+        images, texts = await run_stage_calls(lambda: self._encode_items(items, is_image, "input"),
+                                              self._policy)
+        embeddings = Embeddings.interleave(is_image, images, texts)
         data = [EmbeddingData(index=i, embedding=_to_wire(vector, body.encoding_format))
                 for i, vector in enumerate(embeddings.vectors)]
         return EmbeddingResponse(data=data, model=self._model_name,
@@ -193,10 +244,10 @@ class Ingress:
         self._check_model(body.model)
         references = [item.image if isinstance(item, ImageItem) else item for item in body.input]
         prompts = [body.hypothesis_template.replace("{}", label) for label in body.labels]
-        images = self._encode_images(references, [f"input[{i}]" for i in range(len(references))])
-        labels = self._text.encode.remote(prompts)
-        [(rankings, tokens)] = await self._result(
-            self._fusion.classify.remote(images, labels, body.top_k))
+        params = [f"input[{i}]" for i in range(len(references))]
+        [(rankings, tokens)] = await run_stage_calls(lambda: [self._fusion.classify.remote(
+            self._encode_images(references, params), self._text.encode.remote(prompts), body.top_k)],
+            self._policy)
         data = []
         for index, ranking in enumerate(rankings):
             predictions = [LabelScore(label=body.labels[r.index], score=r.score) for r in ranking]
@@ -208,11 +259,15 @@ class Ingress:
     async def rerank(self, body: RerankRequest) -> RerankResponse:
         self._check_model(body.model)
         query_reference = _image_reference(body.query)
-        query = (self._encode_images([query_reference], ["query"]) if query_reference is not None
-                 else self._text.encode.remote([_text(body.query)]))
-        is_image, images, texts = self._encode_items(body.documents, "documents")
-        [(ranking, tokens)] = await self._result(
-            self._fusion.rerank.remote(query, is_image, images, texts, body.top_n))
+        is_image = [_image_reference(item) is not None for item in body.documents]
+
+        def stage_calls():
+            query = (self._encode_images([query_reference], ["query"]) if query_reference is not None
+                     else self._text.encode.remote([_text(body.query)]))
+            images, texts = self._encode_items(body.documents, is_image, "documents")
+            return [self._fusion.rerank.remote(query, is_image, images, texts, body.top_n)]
+
+        [(ranking, tokens)] = await run_stage_calls(stage_calls, self._policy)
         results = []
         for ranked in ranking:
             document = body.documents[ranked.index] if body.return_documents else None

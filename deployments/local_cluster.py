@@ -20,9 +20,10 @@ def free_port() -> int:
 
 @contextmanager
 def serve_locally(config: dict, model: str, num_cpus: int | None = None,
-                  timeout_s: float = 300) -> Iterator[str]:
+                  metrics_export_port: int | None = None, timeout_s: float = 300) -> Iterator[str]:
     """Yields the base URL of the running graph, served on a free loopback port, with `model`
-    chosen through SIGLIP_MODEL as a user would."""
+    chosen through SIGLIP_MODEL as a user would. Prometheus metrics, if asked for, are on
+    `metrics_export_port`, reported every second."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway cluster on loopback
     os.environ[MODEL_ENV_VAR] = model  # inherited by the Ray workers started below
     import ray
@@ -32,7 +33,9 @@ def serve_locally(config: dict, model: str, num_cpus: int | None = None,
 
     config = ServeDeploySchema.model_validate(
         {**config, "http_options": {"host": "127.0.0.1", "port": free_port()}})
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             _metrics_export_port=metrics_export_port,
+             _system_config={"metrics_report_interval_ms": 1000})
     try:
         client = serve_api.serve_start(http_options=config.http_options.model_dump(),
                                        proxy_location=config.proxy_location)

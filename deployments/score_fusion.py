@@ -7,22 +7,26 @@ from ray import serve
 from deployments.core import scoring
 from deployments.core.checkpoint import LogitParams
 from deployments.core.encoders import Embeddings
+from deployments.metrics import StageMetrics
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 class ScoreFusion:
     def __init__(self, model: str):
         self._params = LogitParams.from_pretrained(model)
+        self._metrics = StageMetrics()
 
     def classify(self, images: Embeddings, labels: Embeddings,
                  top_k: int | None) -> tuple[list[list[scoring.Ranked]], int]:
         """Each image's labels, ranked; and the tokens both towers spent."""
-        tokens = int(images.tokens.sum() + labels.tokens.sum())
-        return scoring.classify(images, labels, self._params, top_k), tokens
+        with self._metrics.timed():
+            tokens = int(images.tokens.sum() + labels.tokens.sum())
+            return scoring.classify(images, labels, self._params, top_k), tokens
 
     def rerank(self, query: Embeddings, document_is_image: list[bool],
                image_documents: Embeddings | None, text_documents: Embeddings | None,
                top_n: int | None) -> tuple[list[scoring.Ranked], int]:
-        documents = Embeddings.interleave(document_is_image, image_documents, text_documents)
-        tokens = int(query.tokens.sum() + documents.tokens.sum())
-        return scoring.rerank(query, documents, self._params, top_n), tokens
+        with self._metrics.timed():
+            documents = Embeddings.interleave(document_is_image, image_documents, text_documents)
+            tokens = int(query.tokens.sum() + documents.tokens.sum())
+            return scoring.rerank(query, documents, self._params, top_n), tokens

@@ -13,6 +13,8 @@ from deployments.core.encoders import Embeddings, TextEncoderCore
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class TextEncoder(BatchedEncoder):
+    """`encode(texts)`: list of strings -> Embeddings."""
+
     config_model = TextEncoderConfig
 
     def __init__(self, model: str, device: str, dtype: str, torch_threads: int | None):
@@ -26,12 +28,15 @@ class TextEncoder(BatchedEncoder):
     def cache_stats(self) -> dict[str, int]:
         return {"entries": len(self._cache), "hits": self._cache.hits, "misses": self._cache.misses}
 
-    async def encode(self, texts: list[str]) -> Embeddings:
+    async def _encode_request(self, texts: list[str]) -> Embeddings:
         # Safe to cache per string: every text is padded to the same fixed length, so its
         # embedding does not depend on the texts that share its batch.
         found = {text: self._cache.get(text) for text in dict.fromkeys(texts)}
         missing = [text for text, embedding in found.items() if embedding is None]
+        if len(found) > len(missing):  # Ray's counters refuse a zero increment
+            self.metrics.cache_hits.inc(len(found) - len(missing))
         if missing:
+            self.metrics.cache_misses.inc(len(missing))
             computed = await self._encode_items(missing)
             for text, embedding in zip(missing, computed.split([1] * len(missing))):
                 found[text] = embedding

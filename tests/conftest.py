@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from deployments.core.random_checkpoint import make_checkpoint
-from deployments.local_cluster import serve_locally
+from deployments.local_cluster import free_port, serve_locally
 from tests.reference import Reference
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,8 +33,13 @@ def serve_config() -> dict:
 
 
 @pytest.fixture(scope="session")
-def serve_url(tiny_checkpoint, serve_config):
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def serve_url(tiny_checkpoint, serve_config, metrics_port):
     """The graph deployed from serve_config.yaml exactly as `serve run` deploys it, with the
     tiny checkpoint chosen through SIGLIP_MODEL, on a free port."""
-    with serve_locally(serve_config, tiny_checkpoint, num_cpus=4) as url:
+    with serve_locally(serve_config, tiny_checkpoint, num_cpus=4, metrics_export_port=metrics_port) as url:
         yield url

@@ -1,0 +1,86 @@
+"""Killing encoder replicas in the middle of a request stream costs the clients nothing: the
+ingress re-sends a request whose stage calls lost their replica, and every answer is still the
+reference's. Runs on the session cluster and waits for it to heal before returning."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import ray
+from ray import serve
+
+from tests.photos import data_uri, photos
+
+APP = "siglip"
+RAWS = [raw for _, raw in photos()[:6]]
+URIS = [data_uri(raw) for raw in RAWS]
+LABELS = ["cat", "rocket", "cup of coffee"]
+PROMPTS = [f"This is a photo of {label}." for label in LABELS]
+
+
+def replica_actors(deployment: str) -> list:
+    prefix = f"SERVE_REPLICA::{APP}#{deployment}#"
+    return [ray.get_actor(actor["name"], namespace=actor["namespace"])
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if actor["name"].startswith(prefix)]
+
+
+def wait_until_running(timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = serve.status().applications[APP]
+        if status.status == "RUNNING" and all(d.status == "HEALTHY" for d in status.deployments.values()):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(serve.status().applications[APP])
+
+
+def test_killing_encoder_replicas_mid_stream_loses_no_request(serve_url, reference):
+    scores = reference.scores(RAWS, PROMPTS)
+    texts = [f"stream text {i}" for i in range(200)]  # fresh texts: the cache cannot hide a dead encoder
+    text_vectors = reference.text_embeddings(texts)
+    failures: list[str] = []
+    done = [0]
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        photo = i % len(RAWS)
+        try:
+            with httpx.Client(base_url=serve_url, timeout=120) as client:
+                if i % 2:
+                    body = client.post("/v1/classify", json={"input": [URIS[photo]], "labels": LABELS})
+                    body.raise_for_status()
+                    got = {p["label"]: p["score"] for p in body.json()["data"][0]["predictions"]}
+                    np.testing.assert_allclose([got[label] for label in LABELS], scores[photo], rtol=0, atol=1e-5)
+                else:
+                    body = client.post("/v1/embeddings", json={"input": [texts[i]]})
+                    body.raise_for_status()
+                    np.testing.assert_allclose(body.json()["data"][0]["embedding"], text_vectors[i], rtol=0, atol=1e-5)
+        except Exception as error:  # every failure is collected, none may occur
+            failures.append(f"request {i}: {type(error).__name__}: {str(error)[:200]}")
+        with lock:
+            done[0] += 1
+
+    kills = []
+
+    def killer() -> None:
+        for after, deployment in ((30, "VisionEncoder"), (90, "TextEncoder"), (150, "VisionEncoder")):
+            while done[0] < after:
+                time.sleep(0.01)
+            for actor in replica_actors(deployment):
+                ray.kill(actor, no_restart=True)
+                kills.append(deployment)
+
+    killing = threading.Thread(target=killer)
+    killing.start()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(one, range(200)))
+    killing.join()
+    wait_until_running()
+
+    assert kills == ["VisionEncoder", "TextEncoder", "VisionEncoder"]
+    assert failures == []

@@ -1,0 +1,86 @@
+"""How the ingress turns stage failures into answers, without a cluster: retries after a
+replica death, 503 + Retry-After on backpressure, 504 on timeout, 400 on a bad image."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from ray.exceptions import ActorDiedError
+from ray.serve.exceptions import BackPressureError
+
+from deployments.core.images import ImageInputError
+from deployments.ingress import ApiError, RequestPolicy, _api_error, run_stage_calls
+
+FAST = RequestPolicy(timeout_s=5, retries=2, retry_backoff_s=0.01)
+
+
+def _calls(*outcomes):
+    """A stage_calls factory whose n-th attempt returns outcomes[n] (an exception raises)."""
+    attempts = []
+
+    def stage_calls():
+        outcome = outcomes[min(len(attempts), len(outcomes) - 1)]
+        attempts.append(outcome)
+
+        async def call():
+            if isinstance(outcome, BaseException):
+                raise outcome
+            if outcome == "slow":
+                await asyncio.sleep(60)
+            return outcome
+
+        return [call(), None]
+
+    return stage_calls, attempts
+
+
+def _run(stage_calls, policy=FAST):
+    return asyncio.run(run_stage_calls(stage_calls, policy))
+
+
+def test_a_replica_death_is_retried_until_the_call_succeeds():
+    stage_calls, attempts = _calls(ActorDiedError(), ActorDiedError(), "embeddings")
+    assert _run(stage_calls) == ["embeddings", None]
+    assert len(attempts) == 3
+
+
+def test_retries_are_bounded_then_503_with_retry_after():
+    stage_calls, attempts = _calls(ActorDiedError())
+    with pytest.raises(ApiError) as raised:
+        _run(stage_calls)
+    assert len(attempts) == FAST.retries + 1
+    assert raised.value.status == 503 and raised.value.retry_after_s
+
+
+def test_backpressure_is_not_retried_and_answers_at_once_with_retry_after():
+    stage_calls, attempts = _calls(BackPressureError(num_queued_requests=9, max_queued_requests=8))
+    with pytest.raises(ApiError) as raised:
+        _run(stage_calls)
+    assert len(attempts) == 1
+    assert raised.value.status == 503 and raised.value.info.type == "overloaded_error"
+    response = asyncio.run(_api_error(None, raised.value))
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert set(json.loads(response.body)["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_request_past_its_timeout_gets_504():
+    stage_calls, _ = _calls("slow")
+    with pytest.raises(ApiError) as raised:
+        _run(stage_calls, RequestPolicy(timeout_s=0.05, retries=0))
+    assert raised.value.status == 504 and raised.value.info.type == "timeout_error"
+
+
+def test_a_bad_image_is_a_400_and_not_retried():
+    stage_calls, attempts = _calls(ImageInputError("input[1]", "not an image"))
+    with pytest.raises(ApiError) as raised:
+        _run(stage_calls)
+    assert (raised.value.status, raised.value.info.param, len(attempts)) == (400, "input[1]", 1)
+
+
+def test_other_failures_are_not_retried():
+    stage_calls, attempts = _calls(RuntimeError("a bug"))
+    with pytest.raises(RuntimeError):
+        _run(stage_calls)
+    assert len(attempts) == 1

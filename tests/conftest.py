@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -41,5 +42,10 @@ def metrics_port() -> int:
 def serve_url(tiny_checkpoint, serve_config, metrics_port):
     """The graph deployed from serve_config.yaml exactly as `serve run` deploys it, with the
     tiny checkpoint chosen through SIGLIP_MODEL, on a free port."""
+    # Autoscaling metrics reach the controller every 10 s by default; Ray's own autoscaling
+    # tests shorten that, and so do we (tests/test_autoscaling.py waits on it).
+    os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.2")
+    os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.2")
     with serve_locally(serve_config, tiny_checkpoint, num_cpus=4, metrics_export_port=metrics_port) as url:
         yield url
+

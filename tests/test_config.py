@@ -116,3 +116,19 @@ def test_app_args_reject_unknown_keys():
         SiglipAppArgs.model_validate({"modle": "x"})
     with pytest.raises(ValueError):
         TextEncoderConfig.model_validate({"cache_sizes": 1})
+
+
+def test_every_deployment_autoscales_with_explicit_delays(serve_config):
+    for deployment in serve_config["applications"][0]["deployments"]:
+        autoscaling = AutoscalingConfig.model_validate(deployment["autoscaling_config"])
+        fields = deployment["autoscaling_config"]
+        assert {"upscale_delay_s", "downscale_delay_s", "target_ongoing_requests"} <= set(fields), deployment["name"]
+        assert autoscaling.upscale_delay_s < autoscaling.downscale_delay_s
+        assert autoscaling.target_ongoing_requests <= deployment["max_ongoing_requests"]
+
+
+@pytest.mark.parametrize("name", sorted(USER_CONFIG_MODELS))
+def test_encoders_scale_when_a_full_batch_waits(serve_config, name):
+    deployment = _deployment_configs(serve_config)[name]
+    batching = USER_CONFIG_MODELS[name].model_validate(deployment["user_config"])
+    assert deployment["autoscaling_config"]["target_ongoing_requests"] == batching.max_batch_size

@@ -1,0 +1,88 @@
+"""Run by test_placement.py in a process of its own (a multi-node cluster cannot share the test
+session's Ray): a CPU-only head and two worker nodes that advertise fake GPUs, the graph
+deployed on them from serve_config.yaml, and a JSON report of where each replica landed and
+whether the answers equal the reference. Usage: python tests/multinode_check.py CHECKPOINT"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def main(checkpoint: str) -> None:
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["SIGLIP_MODEL"] = checkpoint  # set before the nodes start: their workers inherit it
+    import ray
+    from ray import serve
+    from ray._private import state
+    from ray.cluster_utils import Cluster
+    from ray.serve._private import api as serve_api
+    from ray.serve.schema import ServeDeploySchema
+
+    from deployments.local_cluster import free_port
+    from tests.photos import data_uri, photos
+    from tests.reference import Reference
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "num_gpus": 0, "resources": {"cpu_head": 1}, "include_dashboard": False})
+    gpu_nodes = {cluster.add_node(num_cpus=2, num_gpus=2).node_id for _ in range(2)}
+    ray.init(address=cluster.address, log_to_driver=False)
+
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    app = config["applications"][0]
+    for deployment in app["deployments"]:
+        if deployment["name"] in ("VisionEncoder", "TextEncoder"):
+            deployment["autoscaling_config"] = {"min_replicas": 2, "max_replicas": 2}
+        if deployment["name"] == "ImagePreprocessor":
+            # Pinned to the CPU head, so every image crosses nodes on its way to an encoder.
+            deployment["ray_actor_options"] = {"num_cpus": 0.5, "resources": {"cpu_head": 0.1}}
+    port = free_port()
+    schema = ServeDeploySchema.model_validate({**config, "http_options": {"host": "127.0.0.1", "port": port}})
+    client = serve_api.serve_start(http_options=schema.http_options.model_dump())
+    client.deploy_apps(schema, _blocking=True)
+    client._wait_for_application_running(app["name"], timeout_s=240)
+
+    nodes: dict[str, list[str]] = {}
+    for actor in state.actors().values():
+        if actor["State"] == "ALIVE" and actor["ActorClassName"].startswith(f"ServeReplica:{app['name']}:"):
+            stage = actor["ActorClassName"].rsplit(":", 1)[1]
+            nodes.setdefault(stage, []).append(actor["Address"]["NodeID"])
+
+    raws = [raw for _, raw in photos()[:6]]
+    reference = Reference(checkpoint)
+    base = f"http://127.0.0.1:{port}"
+    max_diffs = []
+    for _ in range(4):  # several rounds, so that both replicas of each encoder answer
+        body = httpx.post(base + "/v1/embeddings", json={"input": [{"image": data_uri(r)} for r in raws]},
+                          timeout=120).json()
+        got = np.array([item["embedding"] for item in body["data"]], dtype=np.float32)
+        max_diffs.append(float(np.abs(got - reference.image_embeddings(raws)).max()))
+        body = httpx.post(base + "/v1/classify", json={"input": [data_uri(r) for r in raws], "labels": ["a", "b"]},
+                          timeout=120).json()
+        scores = np.array([[{p["label"]: p["score"] for p in item["predictions"]}[label] for label in ("a", "b")]
+                           for item in body["data"]])
+        expected = reference.scores(raws, ["This is a photo of a.", "This is a photo of b."])
+        max_diffs.append(float(np.abs(scores - expected).max()))
+
+    session_logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    cpu_fallback_lines = sum("cannot use CUDA" in path.read_text(errors="ignore")
+                             for path in session_logs.rglob("*") if path.is_file())
+    print(json.dumps({"gpu_nodes": sorted(gpu_nodes), "head": cluster.head_node.node_id, "nodes": nodes,
+                      "max_abs_diff": max(max_diffs), "cpu_fallback_log_files": cpu_fallback_lines}))
+    serve.shutdown()
+    ray.shutdown()
+    cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

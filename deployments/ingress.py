@@ -121,12 +121,17 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> JSONRe
     return error_response(error.status_code, ErrorInfo(message=str(error.detail), type=kind))
 
 
-def _original_error(error: BaseException) -> BaseException:
-    """The exception a stage raised, out of the RayTaskErrors that wrap it once per stage it
-    crossed (a preprocessor error reaches us through the encoder and the fusion stage)."""
-    while isinstance(error, RayTaskError) and error.cause is not None:
-        error = error.cause
-    return error
+def _root_cause(error: BaseException, kind: type | tuple[type, ...]) -> BaseException | None:
+    """The innermost exception of `kind` behind `error`, or None. Ray wraps a stage's exception
+    once per stage it crosses (RayTaskError.cause), and Serve re-raises an upstream replica's
+    death as a RayServeException whose __cause__ holds it."""
+    found, seen = None, set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, kind):
+            found = error
+        error = error.cause if isinstance(error, RayTaskError) and error.cause else error.__cause__
+    return found
 
 
 def _image_reference(item: Item) -> str | None:
@@ -162,17 +167,15 @@ async def _with_retries(stage_calls, policy: RequestPolicy) -> list:
         try:
             done = iter(await asyncio.gather(*(r for r in responses if r is not None)))
             return [None if r is None else next(done) for r in responses]
-        except ImageInputError as error:
-            cause = _original_error(error)
-            raise ApiError(400, str(cause), param=cause.param, code="invalid_image") from None
-        except BackPressureError as error:
-            cause = _original_error(error)
-            raise ApiError(cause.status_code, "The server is at capacity; retry later.",
-                           type="overloaded_error", code="overloaded",
-                           retry_after_s=cause.retry_after_s or 1) from None
         except Exception as error:
-            cause = _original_error(error)
-            if not isinstance(cause, REPLICA_FAILURES):
+            if bad_image := _root_cause(error, ImageInputError):
+                raise ApiError(400, str(bad_image), param=bad_image.param, code="invalid_image") from None
+            if full := _root_cause(error, BackPressureError):
+                raise ApiError(full.status_code, "The server is at capacity; retry later.",
+                               type="overloaded_error", code="overloaded",
+                               retry_after_s=full.retry_after_s or 1) from None
+            cause = _root_cause(error, REPLICA_FAILURES)
+            if cause is None:
                 raise
             logger.warning("Attempt %d of %d lost a replica (%s); sending the request again.",
                            attempt + 1, policy.retries + 1, type(cause).__name__)

@@ -29,7 +29,7 @@ URIS = [data_uri(raw) for raw in RAWS]
 
 def _tighten(app: dict) -> None:
     for deployment in app["deployments"]:
-        # Only the encoders may grow, so that the test fits the session's 4 CPUs.
+        # Only the encoders may grow: the test watches them alone.
         scaled = deployment["name"] in ("VisionEncoder", "TextEncoder")
         deployment["autoscaling_config"] = TIGHT if scaled else {"min_replicas": 1, "max_replicas": 1}
 

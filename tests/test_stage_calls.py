@@ -84,3 +84,21 @@ def test_other_failures_are_not_retried():
     with pytest.raises(RuntimeError):
         _run(stage_calls)
     assert len(attempts) == 1
+
+
+def test_a_replica_death_reported_by_serve_as_an_upstream_crash_is_retried():
+    """Serve re-raises a dead upstream replica as a RayServeException caused by it."""
+    from ray.serve.exceptions import RayServeException
+
+    def upstream_crash():
+        try:
+            raise ActorDiedError()
+        except ActorDiedError as died:
+            try:
+                raise RayServeException("an upstream actor died") from died
+            except RayServeException as wrapped:
+                return wrapped
+
+    stage_calls, attempts = _calls(upstream_crash(), "scores")
+    assert _run(stage_calls) == ["scores", None]
+    assert len(attempts) == 2

@@ -5,7 +5,6 @@ whether the answers equal the reference. Usage: python tests/multinode_check.py 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import sys

@@ -6,7 +6,6 @@ import base64
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from deployments.core.checkpoint import ImageSettings

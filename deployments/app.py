@@ -13,6 +13,7 @@ import logging
 
 import ray
 from ray.serve import Application
+from ray.serve.deployment import Deployment
 
 from deployments.config import SiglipAppArgs
 from deployments.core.checkpoint import resolve_model
@@ -33,6 +34,12 @@ def encoder_gpus(args: SiglipAppArgs) -> float:
 
 
 def build_app(args: SiglipAppArgs) -> Application:
+    return build_graph(args, VisionEncoder)
+
+
+def build_graph(args: SiglipAppArgs, vision_encoder: Deployment) -> Application:
+    """The graph with a chosen VisionEncoder deployment: the fault-injection tests pass one
+    whose model can be broken or slowed down."""
     model = resolve_model(args.model)
     gpus = encoder_gpus(args)
     logger.info("Serving %s; each encoder replica asks for %s GPU(s).", model, gpus)
@@ -45,7 +52,7 @@ def build_app(args: SiglipAppArgs) -> Application:
         args.served_model_name or model,
         RequestPolicy(timeout_s=args.request_timeout_s, retries=args.stage_retries),
         ImagePreprocessor.bind(model),
-        on_encoder_device(VisionEncoder).bind(model, args.device, args.dtype, args.torch_threads),
+        on_encoder_device(vision_encoder).bind(model, args.device, args.dtype, args.torch_threads),
         on_encoder_device(TextEncoder).bind(model, args.device, args.dtype, args.torch_threads),
         ScoreFusion.bind(model),
     )

@@ -1,29 +1,71 @@
-"""Extra copies of the app, deployed beside the test session's one for a single test module."""
+"""Extra copies of the app, deployed beside the test session's one for a single test module,
+and what the tests ask Serve about the replicas of an app."""
 
 from __future__ import annotations
 
 import copy
+import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 
-@contextmanager
-def app_beside(serve_config: dict, name: str, route_prefix: str, modify) -> Iterator[None]:
-    """Deploys a modified copy of the app beside the session's one (Serve's config is declarative,
-    so both are sent), and removes it afterwards. `modify(app_config)` edits the copy in place."""
+def _deploy(applications: list[dict]) -> None:
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    def deploy(applications: list[dict]) -> None:
-        _get_global_client().deploy_apps(
-            ServeDeploySchema.model_validate({"applications": applications}), _blocking=True)
+    _get_global_client().deploy_apps(
+        ServeDeploySchema.model_validate({"applications": applications}), _blocking=True)
 
+
+@contextmanager
+def app_beside(serve_config: dict, name: str, route_prefix: str,
+               modify) -> Iterator[Callable[[Callable[[dict], None]], None]]:
+    """Deploys a modified copy of the app beside the session's one (Serve's config is declarative,
+    so both are sent), and removes it afterwards. `modify(app_config)` edits the copy in place.
+    Yields `redeploy(modify_more)`, which re-sends the copy with further edits."""
     session_app = serve_config["applications"][0]
     copy_app = copy.deepcopy(session_app)
     copy_app.update(name=name, route_prefix=route_prefix)
     modify(copy_app)
-    deploy([session_app, copy_app])
+
+    def redeploy(modify_more: Callable[[dict], None]) -> None:
+        modify_more(copy_app)
+        _deploy([session_app, copy_app])
+
+    _deploy([session_app, copy_app])
     try:
-        yield
+        yield redeploy
     finally:
-        deploy([session_app])
+        _deploy([session_app])
+
+
+def deployment_config(app: dict, name: str) -> dict:
+    return next(deployment for deployment in app["deployments"] if deployment["name"] == name)
+
+
+def replica_actors(app: str, deployment: str) -> list:
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    return [ray.get_actor(actor["name"], namespace=actor["namespace"])
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if actor["name"].startswith(prefix)]
+
+
+def running_replicas(app: str, deployment: str) -> int:
+    from ray import serve
+
+    return serve.status().applications[app].deployments[deployment].replica_states.get("RUNNING", 0)
+
+
+def wait_until_running(app: str, timeout_s: float = 120) -> None:
+    """Until the app and each of its deployments report healthy."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = serve.status().applications[app]
+        if status.status == "RUNNING" and all(d.status == "HEALTHY" for d in status.deployments.values()):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(serve.status().applications[app])

@@ -14,9 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from ray import serve
 
-from tests.apps import app_beside
+from tests.apps import app_beside, running_replicas
 from tests.photos import data_uri, photos
 
 APP = "siglip-autoscaling"
@@ -34,10 +33,6 @@ def _tighten(app: dict) -> None:
         deployment["autoscaling_config"] = TIGHT if scaled else {"min_replicas": 1, "max_replicas": 1}
 
 
-def _replicas(deployment: str) -> int:
-    return serve.status().applications[APP].deployments[deployment].replica_states.get("RUNNING", 0)
-
-
 def _wait_for(condition, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -49,7 +44,8 @@ def _wait_for(condition, timeout_s: float) -> None:
 @pytest.fixture(scope="module")
 def autoscaling_url(serve_url, serve_config):
     with app_beside(serve_config, APP, ROUTE, _tighten):
-        _wait_for(lambda: _replicas("VisionEncoder") == 1 and _replicas("TextEncoder") == 1, 120)
+        _wait_for(lambda: all(running_replicas(APP, encoder) == 1
+                              for encoder in ("VisionEncoder", "TextEncoder")), 120)
         yield serve_url + ROUTE
 
 
@@ -83,7 +79,8 @@ def _scale_up_then_down(url: str, loaded: str, idle: str, request_for, check) ->
 
     def watch() -> None:
         while time.monotonic() - started < 120:
-            timeline.append((round(time.monotonic() - started, 1), _replicas(loaded), _replicas(idle)))
+            timeline.append((round(time.monotonic() - started, 1),
+                             running_replicas(APP, loaded), running_replicas(APP, idle)))
             if timeline[-1][1] >= 2:
                 scaled_up.set()
             if load_stopped.is_set() and timeline[-1][1] == 1:

@@ -82,3 +82,17 @@ def test_embeddings_interleave_back_into_input_order():
     np.testing.assert_array_equal(merged.vectors, [[1, 0], [0, 3], [2, 0]])
     np.testing.assert_array_equal(merged.tokens, [10, 3, 20])
     assert [len(part) for part in merged.split([2, 1])] == [2, 1]
+
+
+@pytest.mark.parametrize("tower_core", ["vision", "text"])
+@pytest.mark.parametrize("damage", ["nan", "drift"])
+def test_self_test_fails_when_the_model_cannot_compute(tower_core, damage, tiny_checkpoint):
+    # A fresh core each time: the damage below is permanent.
+    core_class = VisionEncoderCore if tower_core == "vision" else TextEncoderCore
+    core = core_class.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32")
+    core.self_test()  # healthy: the probe matches the one taken at load
+    with torch.no_grad():
+        weight = core.tower.encoder.layers[-1].mlp.fc2.weight
+        weight.fill_(float("nan")) if damage == "nan" else weight.mul_(5)
+    with pytest.raises(RuntimeError, match="non-finite" if damage == "nan" else "drifted"):
+        core.self_test()

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import ray
-from ray import serve
 
+from tests.apps import replica_actors, wait_until_running
 from tests.photos import data_uri, photos
 
 APP = "siglip"
@@ -20,23 +20,6 @@ RAWS = [raw for _, raw in photos()[:6]]
 URIS = [data_uri(raw) for raw in RAWS]
 LABELS = ["cat", "rocket", "cup of coffee"]
 PROMPTS = [f"This is a photo of {label}." for label in LABELS]
-
-
-def replica_actors(deployment: str) -> list:
-    prefix = f"SERVE_REPLICA::{APP}#{deployment}#"
-    return [ray.get_actor(actor["name"], namespace=actor["namespace"])
-            for actor in ray.util.list_named_actors(all_namespaces=True)
-            if actor["name"].startswith(prefix)]
-
-
-def wait_until_running(timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = serve.status().applications[APP]
-        if status.status == "RUNNING" and all(d.status == "HEALTHY" for d in status.deployments.values()):
-            return
-        time.sleep(0.5)
-    raise TimeoutError(serve.status().applications[APP])
 
 
 def test_killing_encoder_replicas_mid_stream_loses_no_request(serve_url, reference):
@@ -71,7 +54,7 @@ def test_killing_encoder_replicas_mid_stream_loses_no_request(serve_url, referen
         for after, deployment in ((30, "VisionEncoder"), (90, "TextEncoder"), (150, "VisionEncoder")):
             while done[0] < after:
                 time.sleep(0.01)
-            for actor in replica_actors(deployment):
+            for actor in replica_actors(APP, deployment):
                 ray.kill(actor, no_restart=True)
                 kills.append(deployment)
 
@@ -80,7 +63,7 @@ def test_killing_encoder_replicas_mid_stream_loses_no_request(serve_url, referen
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(one, range(200)))
     killing.join()
-    wait_until_running()
+    wait_until_running(APP)
 
     assert kills == ["VisionEncoder", "TextEncoder", "VisionEncoder"]
     assert failures == []

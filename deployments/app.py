@@ -51,7 +51,8 @@ def build_graph(args: SiglipAppArgs, vision_encoder: Deployment) -> Application:
     return Ingress.bind(
         args.served_model_name or model,
         RequestPolicy(timeout_s=args.request_timeout_s, retries=args.stage_retries),
-        ImagePreprocessor.bind(model),
+        args.limits,
+        ImagePreprocessor.bind(model, args.limits.images(), args.image_urls),
         on_encoder_device(vision_encoder).bind(model, args.device, args.dtype, args.torch_threads),
         on_encoder_device(TextEncoder).bind(model, args.device, args.dtype, args.torch_threads),
         ScoreFusion.bind(model),

@@ -8,10 +8,34 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.core.checkpoint import DEFAULT_MODEL
+from deployments.core.fetch import ImageUrlPolicy
+from deployments.core.images import ImageLimits
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputLimits(_Strict):
+    """What one request may hold. Defaults suit a public API; past a limit the client gets a
+    413 (body) or a 400 that names the limit and its value."""
+
+    max_body_bytes: int = Field(32 * 2**20, ge=1024, description="Request body, in bytes.")
+    max_images_per_request: int = Field(32, ge=1)
+    max_texts_per_request: int = Field(512, ge=1, description="Texts to embed, or labels, "
+                                       "queries and documents that are text.")
+    max_labels_per_request: int = Field(256, ge=1)
+    max_documents_per_request: int = Field(256, ge=1)
+    max_text_chars: int = Field(2048, ge=1, description="Characters per text (after the "
+                                "hypothesis template). The tokenizer keeps 64 tokens anyway.")
+    max_image_bytes: int = Field(ImageLimits.max_bytes, ge=1024, description="Bytes per image, "
+                                 "decoded from base64 or fetched by URL.")
+    max_image_pixels: int = Field(ImageLimits.max_pixels, ge=1, description="Width x height, read "
+                                  "from the image's header before it is decoded. Animated images "
+                                  "count their first frame, the only one used.")
+
+    def images(self) -> ImageLimits:
+        return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
 
 
 class SiglipAppArgs(_Strict):
@@ -37,6 +61,8 @@ class SiglipAppArgs(_Strict):
         "auto", description="GPUs per encoder replica. auto: 1 when the cluster has GPUs "
         "at deploy time, else 0. Set it explicitly on an autoscaling cluster that starts "
         "without GPU nodes.")
+    limits: InputLimits = InputLimits()
+    image_urls: ImageUrlPolicy = ImageUrlPolicy()
 
 
 class BatchingConfig(_Strict):

@@ -22,9 +22,12 @@ from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.config import InputLimits
 from deployments.core.encoders import Embeddings
 from deployments.core.images import ImageInputError
-from deployments.metrics import request_errors, stage_retries
+from deployments.errors import ApiError, error_response
+from deployments.gate import ApiKeys, GateSettings, RequestGate, check_request_size
+from deployments.metrics import stage_retries
 from deployments.protocol import (Classification, ClassifyRequest, ClassifyResponse,
                                   EmbeddingData, EmbeddingRequest, EmbeddingResponse, ErrorInfo,
                                   ErrorResponse, ImageItem, Item, LabelScore, ModelCard,
@@ -33,22 +36,6 @@ from deployments.protocol import (Classification, ClassifyRequest, ClassifyRespo
 
 
 logger = logging.getLogger("ray.serve")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None,
-                 retry_after_s: float | None = None):
-        super().__init__(message)
-        self.status = status
-        self.info = ErrorInfo(message=message, type=type, param=param, code=code)
-        self.retry_after_s = retry_after_s
-
-
-def error_response(status: int, info: ErrorInfo, retry_after_s: float | None = None) -> JSONResponse:
-    request_errors().inc(tags={"type": info.type})
-    headers = {"Retry-After": str(max(1, round(retry_after_s)))} if retry_after_s is not None else None
-    return JSONResponse(ErrorResponse(error=info).model_dump(), status_code=status, headers=headers)
 
 
 # A replica that died, or its node, under a stage call. Inference is idempotent: send it again.
@@ -69,6 +56,15 @@ app = FastAPI(title="SigLIP serving",
               description="Zero-shot image classification, image and text embeddings and "
                           "image-text retrieval with SigLIP, in OpenAI-style JSON.",
               responses=_ERROR_RESPONSES)
+
+
+def _replica_gate_settings() -> GateSettings:
+    # Serve gives each replica its own copy of `app`, built before the Ingress instance; the
+    # middleware finds that replica's settings (from its constructor) through Serve.
+    return serve.get_replica_context().servable_object.gate_settings
+
+
+app.add_middleware(RequestGate, settings=_replica_gate_settings)
 
 
 @app.exception_handler(ApiError)
@@ -142,6 +138,10 @@ def _text(item: Item) -> str:
     return item.text if isinstance(item, TextItem) else item
 
 
+def _texts_with_params(items: Sequence[Item], is_image: list[bool], param: str) -> list[tuple[str, str]]:
+    return [(f"{param}[{i}]", _text(item)) for i, (item, flag) in enumerate(zip(items, is_image)) if not flag]
+
+
 def _to_wire(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     if encoding_format == "base64":  # OpenAI's encoding: little-endian float32 bytes
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
@@ -188,10 +188,18 @@ async def _with_retries(stage_calls, policy: RequestPolicy) -> list:
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, served_model_name: str, policy: RequestPolicy, preprocessor: DeploymentHandle,
-                 vision: DeploymentHandle, text: DeploymentHandle, fusion: DeploymentHandle):
+    def __init__(self, served_model_name: str, policy: RequestPolicy, limits: InputLimits,
+                 preprocessor: DeploymentHandle, vision: DeploymentHandle, text: DeploymentHandle,
+                 fusion: DeploymentHandle):
         self._model_name = served_model_name
         self._policy = policy
+        self._limits = limits
+        api_keys = ApiKeys.from_environment()
+        if api_keys is None:
+            logger.warning("No API keys configured: /v1 answers anyone who can reach it.")
+        else:
+            logger.info("%d API key(s) configured: /v1 needs 'Authorization: Bearer <key>'.", len(api_keys))
+        self.gate_settings = GateSettings(api_keys, limits.max_body_bytes)
         self._created = int(time.time())
         self._preprocessor = preprocessor
         self._vision = vision
@@ -234,6 +242,8 @@ class Ingress:
         self._check_model(body.model)
         items = [body.input] if isinstance(body.input, str) else body.input
         is_image = [_image_reference(item) is not None for item in items]
+        check_request_size(self._limits, images=sum(is_image),
+                           texts=_texts_with_params(items, is_image, "input"))
         images, texts = await run_stage_calls(lambda: self._encode_items(items, is_image, "input"),
                                               self._policy)
         embeddings = Embeddings.interleave(is_image, images, texts)
@@ -248,6 +258,8 @@ class Ingress:
         references = [item.image if isinstance(item, ImageItem) else item for item in body.input]
         prompts = [body.hypothesis_template.replace("{}", label) for label in body.labels]
         params = [f"input[{i}]" for i in range(len(references))]
+        check_request_size(self._limits, images=len(references), labels=len(prompts),
+                           texts=[(f"labels[{i}]", prompt) for i, prompt in enumerate(prompts)])
         [(rankings, tokens)] = await run_stage_calls(lambda: [self._fusion.classify.remote(
             self._encode_images(references, params), self._text.encode.remote(prompts), body.top_k)],
             self._policy)
@@ -263,6 +275,10 @@ class Ingress:
         self._check_model(body.model)
         query_reference = _image_reference(body.query)
         is_image = [_image_reference(item) is not None for item in body.documents]
+        query_texts = [] if query_reference is not None else [("query", _text(body.query))]
+        check_request_size(self._limits, images=sum(is_image) + (query_reference is not None),
+                           texts=query_texts + _texts_with_params(body.documents, is_image, "documents"),
+                           documents=len(body.documents))
 
         def stage_calls():
             query = (self._encode_images([query_reference], ["query"]) if query_reference is not None

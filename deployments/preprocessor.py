@@ -1,25 +1,28 @@
-"""ImagePreprocessor stage (CPU): image references in, uint8 pixels at the checkpoint's size out."""
+"""ImagePreprocessor stage (CPU): image references (base64, data URIs, http(s) URLs) in, uint8
+pixels at the checkpoint's size out. URLs are fetched here, not in the ingress, so the
+ingress never waits on a slow image server and fetching scales with this stage."""
 
 from __future__ import annotations
-
-import asyncio
 
 import numpy as np
 from ray import serve
 
 from deployments.core.checkpoint import ImageSettings
-from deployments.core.images import preprocess_references
+from deployments.core.fetch import ImageFetcher, ImageUrlPolicy
+from deployments.core.images import ImageLimits, preprocess_references
 from deployments.metrics import StageMetrics
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class ImagePreprocessor:
-    def __init__(self, model: str):
+    def __init__(self, model: str, limits: ImageLimits, url_policy: ImageUrlPolicy):
         self._settings = ImageSettings.from_pretrained(model)
+        self._limits = limits
+        self._fetcher = ImageFetcher(url_policy, limits.max_bytes)
         self._metrics = StageMetrics()
 
     async def preprocess(self, references: list[str], params: list[str]) -> np.ndarray:
         """`params` name each image in the client's request, for error messages."""
-        # Pillow releases the GIL while decoding and resizing: a thread per request overlaps them.
         with self._metrics.timed():
-            return await asyncio.to_thread(preprocess_references, references, params, self._settings)
+            return await preprocess_references(references, params, self._settings, self._limits,
+                                               self._fetcher)

@@ -19,8 +19,8 @@ class TextItem(_Request):
 
 
 class ImageItem(_Request):
-    image: str = Field(description="A data URI (data:image/png;base64,...) or raw base64 bytes "
-                       "of a JPEG, PNG, WebP, GIF, BMP or TIFF image.")
+    image: str = Field(description="An http(s) URL, a data URI (data:image/png;base64,...) or "
+                       "raw base64 bytes of a JPEG, PNG, WebP, GIF, BMP or TIFF image.")
 
 
 # A bare string is text where texts are expected (embeddings, rerank) and an image in classify.

@@ -39,6 +39,16 @@ def app_beside(serve_config: dict, name: str, route_prefix: str,
         _deploy([session_app])
 
 
+def assert_openai_error(response, status: int, param: str | None = None) -> dict:
+    """The response is `status` with OpenAI's error body; returns the error object."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    return error
+
+
 def deployment_config(app: dict, name: str) -> dict:
     return next(deployment for deployment in app["deployments"] if deployment["name"] == name)
 

@@ -5,6 +5,7 @@ each mode conversion the checkpoint's processor performs."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 from functools import lru_cache
@@ -12,6 +13,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 from skimage import data
+
+from deployments.core.images import preprocess_references
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -22,6 +25,11 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
 
 def data_uri(raw: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(raw).decode()}"
+
+
+def preprocess(references: list[str], params: list[str], settings, **options) -> np.ndarray:
+    """The preprocessor's pipeline, called from synchronous test code."""
+    return asyncio.run(preprocess_references(references, params, settings, **options))
 
 
 def _rotated_with_exif(image: Image.Image) -> bytes:

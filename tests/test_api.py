@@ -14,6 +14,7 @@ import openai
 import pytest
 from ray import serve
 
+from tests.apps import assert_openai_error
 from tests.photos import data_uri, photos
 
 ATOL = 1e-5
@@ -34,14 +35,6 @@ def client(serve_url):
 
 def _vectors(body: dict) -> np.ndarray:
     return np.array([item["embedding"] for item in body["data"]], dtype=np.float32)
-
-
-def _assert_openai_error(response: httpx.Response, status: int, param: str | None = None):
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    if param is not None:
-        assert error["param"] == param, error
 
 
 # ---- models and health ---------------------------------------------------------------------
@@ -182,12 +175,12 @@ def test_rerank_image_query_over_texts_and_images_with_top_n(client, reference):
     ("/v1/rerank", {"query": "a", "documents": ["b"], "top_n": -1}, "top_n"),
 ])
 def test_invalid_fields_get_400_naming_the_field(client, path, body, param):
-    _assert_openai_error(client.post(path, json=body), 400, param)
+    assert_openai_error(client.post(path, json=body), 400, param)
 
 
 def test_malformed_json_gets_400(client):
     response = client.post("/v1/classify", content=b'{"input": [', headers={"content-type": "application/json"})
-    _assert_openai_error(response, 400)
+    assert_openai_error(response, 400)
 
 
 @pytest.mark.parametrize("path,body,param", [
@@ -198,14 +191,14 @@ def test_malformed_json_gets_400(client):
 ])
 def test_an_undecodable_image_gets_400_naming_its_index(client, path, body, param):
     response = client.post(path, json=body)
-    _assert_openai_error(response, 400, param)
+    assert_openai_error(response, 400, param)
     assert response.json()["error"]["code"] == "invalid_image"
 
 
 def test_unknown_model_and_route_get_404(client):
-    _assert_openai_error(client.post("/v1/classify", json={"model": "nope", "input": URIS[:1],
+    assert_openai_error(client.post("/v1/classify", json={"model": "nope", "input": URIS[:1],
                                                            "labels": ["a"]}), 404, "model")
-    _assert_openai_error(client.get("/v1/nothing-here"), 404)
+    assert_openai_error(client.get("/v1/nothing-here"), 404)
 
 
 # ---- concurrency and configuration ---------------------------------------------------------

@@ -9,8 +9,7 @@ from transformers import AutoTokenizer
 
 from deployments.core.checkpoint import ImageSettings
 from deployments.core.encoders import Embeddings, TextEncoderCore, VisionEncoderCore
-from deployments.core.images import preprocess_references
-from tests.photos import data_uri, photos
+from tests.photos import data_uri, photos, preprocess
 
 ATOL = 1e-5
 TEXTS = ["This is a photo of a cat.", "A DOG, running!!", "an astronaut",
@@ -29,7 +28,7 @@ def text(tiny_checkpoint) -> TextEncoderCore:
 
 def test_image_embeddings_equal_the_reference_on_real_photographs(vision, tiny_checkpoint, reference):
     raws = [raw for _, raw in photos()]
-    pixels = preprocess_references([data_uri(raw) for raw in raws],
+    pixels = preprocess([data_uri(raw) for raw in raws],
                                    [f"input[{i}]" for i in range(len(raws))],
                                    ImageSettings.from_pretrained(tiny_checkpoint))
     ours = vision.encode(pixels)

@@ -11,7 +11,8 @@ from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError
 
 from deployments.core.images import ImageInputError
-from deployments.ingress import ApiError, RequestPolicy, _api_error, run_stage_calls
+from deployments.errors import ApiError
+from deployments.ingress import RequestPolicy, _api_error, run_stage_calls
 
 FAST = RequestPolicy(timeout_s=5, retries=2, retry_backoff_s=0.01)
 

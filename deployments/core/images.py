@@ -3,15 +3,25 @@ exactly as the checkpoint's own image processor would prepare them."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
 import re
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deployments.core.checkpoint import ImageSettings
+from deployments.core.fetch import FetchError, ImageFetcher, is_url
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 20 * 2**20
+    # 48-megapixel phone photos pass; a decompression bomb is refused from its header.
+    max_pixels: int = 50_000_000
 
 
 class ImageInputError(ValueError):
@@ -26,19 +36,28 @@ class ImageInputError(ValueError):
         return f"{self.param}: {self.reason}"
 
 
-def image_bytes(reference: str) -> bytes:
-    """The bytes of a `data:` URI or of a raw base64 string. Raises ValueError."""
+class UnusableImage(ValueError):
+    """An image refused by our own checks; the message says why, for the client."""
+
+
+def image_bytes(reference: str, max_bytes: int = ImageLimits.max_bytes) -> bytes:
+    """The bytes of a `data:` URI or of a raw base64 string. Raises UnusableImage."""
     reference = reference.strip()
     if reference.startswith("data:"):
         header, comma, reference = reference.partition(",")
         if not comma or not header.endswith(";base64"):
-            raise ValueError("a data URI must be of the form data:image/<type>;base64,<data>")
+            raise UnusableImage("a data URI must be of the form data:image/<type>;base64,<data>")
+    if len(reference) > (max_bytes + 2) // 3 * 4 * 1.05:  # 5% for line breaks; decoded below
+        raise UnusableImage(f"the image is larger than {max_bytes} bytes (max_image_bytes)")
     try:
         data = base64.b64decode(re.sub(r"\s+", "", reference), validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("not valid base64 (expected a data URI or base64-encoded image bytes)") from None
+        raise UnusableImage("not valid base64 (expected a data URI, base64-encoded image bytes "
+                         "or an http(s) URL)") from None
     if not data:
-        raise ValueError("empty image")
+        raise UnusableImage("empty image")
+    if len(data) > max_bytes:
+        raise UnusableImage(f"the image is {len(data)} bytes; the limit is {max_bytes} (max_image_bytes)")
     return data
 
 
@@ -53,10 +72,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def decode(data: bytes) -> Image.Image:
+def decode(data: bytes, max_pixels: int) -> Image.Image:
     """Decodes any format Pillow reads (the first frame of an animation) and applies the EXIF
-    orientation, as transformers' `load_image` does."""
+    orientation, as transformers' `load_image` does. The size is checked from the header,
+    before any pixel is decoded, so a decompression bomb is refused without allocating it."""
     image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    if width * height > max_pixels:
+        raise UnusableImage(f"the image is {width}x{height} = {width * height} pixels; the limit is "
+                         f"{max_pixels} (max_image_pixels)")
+    if width * height == 0:
+        raise UnusableImage(f"the image is {width}x{height}: it has no pixels")
     image.load()
     return ImageOps.exif_transpose(image)
 
@@ -69,17 +95,45 @@ def prepare(image: Image.Image, settings: ImageSettings) -> np.ndarray:
     return np.asarray(resized, dtype=np.uint8)
 
 
-def preprocess_references(references: list[str], params: list[str],
-                          settings: ImageSettings) -> np.ndarray:
-    """(n, height, width, 3) uint8 for a request's images. A bad image raises ImageInputError
-    with its `params` entry, so one request's bad input never reaches a shared batch."""
-    pixels = np.empty((len(references), settings.height, settings.width, 3), dtype=np.uint8)
-    for index, (reference, param) in enumerate(zip(references, params, strict=True)):
+async def preprocess_references(references: list[str], params: list[str], settings: ImageSettings,
+                                limits: ImageLimits = ImageLimits(),
+                                fetcher: ImageFetcher | None = None) -> np.ndarray:
+    """(n, height, width, 3) uint8 for a request's images: data URIs, raw base64 or, with a
+    `fetcher`, http(s) URLs (fetched concurrently). A bad image raises ImageInputError with its
+    `params` entry, so one request's bad input never reaches a shared batch."""
+    sources = await asyncio.gather(*(_fetch_if_url(reference, param, fetcher)
+                                     for reference, param in zip(references, params, strict=True)))
+    # Pillow releases the GIL while decoding and resizing, so the event loop stays free.
+    return await asyncio.to_thread(_decode_all, sources, params, settings, limits)
+
+
+async def _fetch_if_url(reference: str, param: str, fetcher: ImageFetcher | None) -> str | bytes:
+    if not is_url(reference):
+        return reference
+    shown = reference if len(reference) <= 100 else reference[:97] + "..."
+    try:
+        if fetcher is None:
+            raise FetchError("image URLs are not fetched here")
+        return await fetcher.fetch(reference.strip())
+    except FetchError as error:
+        raise ImageInputError(param, f"cannot fetch {shown}: {error}") from None
+
+
+def _decode_all(sources: list[str | bytes], params: list[str], settings: ImageSettings,
+                limits: ImageLimits) -> np.ndarray:
+    pixels = np.empty((len(sources), settings.height, settings.width, 3), dtype=np.uint8)
+    for index, (source, param) in enumerate(zip(sources, params, strict=True)):
         try:
-            pixels[index] = prepare(decode(image_bytes(reference)), settings)
+            data = source if isinstance(source, bytes) else image_bytes(source, limits.max_bytes)
+            pixels[index] = prepare(decode(data, limits.max_pixels), settings)
         except UnidentifiedImageError:
             raise ImageInputError(param, "not an image in a supported format "
                                          "(JPEG, PNG, WebP, GIF, BMP, TIFF)") from None
+        except UnusableImage as error:
+            raise ImageInputError(param, str(error)) from None
+        except Image.DecompressionBombError:  # Pillow's own guard, met before ours by some formats
+            raise ImageInputError(param, f"the image has more than {limits.max_pixels} pixels "
+                                         "(max_image_pixels)") from None
         except Exception as error:  # Pillow raises many types for corrupt input.
             raise ImageInputError(param, f"cannot decode image: {error}") from None
     return pixels

@@ -39,6 +39,7 @@ from skimage import data
 from benchmarks.load import closed_loop, open_loop
 from deployments.config import BatchingConfig, TextEncoderConfig
 from deployments.core.encoders import TextEncoderCore, VisionEncoderCore
+from deployments.core.images import DecodeOptions, preprocess_references
 from deployments.core.random_checkpoint import make_checkpoint
 from deployments.local_cluster import free_port, serve_locally
 
@@ -126,6 +127,22 @@ def measure_limit(model: str, vision_batch: int, text_batch: int, seconds: float
             "vision_batch": vision_batch, "text_batch": text_batch, "torch_threads": torch.get_num_threads()}
 
 
+def jpeg_draft_deviation(model: str, photos: list[str]) -> dict:
+    """How far `jpeg_draft` moves the pixels and the image embeddings from the reference
+    decode, on the benchmark's photographs (embeddings of this checkpoint's random weights)."""
+    vision = VisionEncoderCore.from_pretrained(model, device="cpu", dtype="float32")
+    params = [f"photo[{i}]" for i in range(len(photos))]
+
+    def pixels(options: DecodeOptions) -> np.ndarray:
+        return asyncio.run(preprocess_references(photos, params, vision.settings, options))
+
+    exact, drafted = pixels(DecodeOptions()), pixels(DecodeOptions(jpeg_draft=True))
+    difference = np.abs(exact.astype(int) - drafted.astype(int))
+    cosines = np.sum(vision.encode(exact).vectors * vision.encode(drafted).vectors, axis=1)
+    return {"max_abs_pixel_diff": int(difference.max()), "mean_abs_pixel_diff": round(float(difference.mean()), 3),
+            "min_embedding_cosine": round(float(cosines.min()), 6)}
+
+
 def limit_items_per_s(workload: Workload, limit: dict) -> float:
     seconds = workload.images_to_encode / limit["images_per_s"] + workload.texts_to_encode / limit["texts_per_s"]
     return workload.items_per_request / seconds
@@ -196,7 +213,8 @@ def graph_batch_stats() -> dict:
 
 def benchmark_graph(model: str, config: dict, chosen, args) -> list[dict]:
     app = config["applications"][0]
-    app["args"] = {**app.get("args", {}), "device": args.device, "torch_threads": args.torch_threads}
+    app["args"] = {**app.get("args", {}), "device": args.device, "torch_threads": args.torch_threads,
+                   "jpeg_draft": args.jpeg_draft}
     with serve_locally(config, model, num_cpus=args.ray_cpus) as url:
         rows = run_loads("graph", url, chosen, args, {}, graph_batch_stats)
         if args.poisson_fraction > 0:
@@ -256,10 +274,12 @@ def summarize(rows: list[dict], limits: dict[str, float], chosen: list[Workload]
 
 def markdown(report: dict) -> str:
     lines = [f"Machine: {report['machine']}; preset `{report['preset']}` (random weights), "
-             f"device {report['device']}; {report['duration_s']} s per point.", "",
-             "| workload | limit (a) items/s | graph (b) | naive (c) | (b)/(a) | (b)/(c) at 16 | (b)/(c) at 64 "
-             "| p50 c=1 graph / naive (ms) | $ per 1k images |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"device {report['device']}; {report['duration_s']} s per point.", ""]
+    if report["jpeg_draft"]:
+        lines += [f"The graph ran with `jpeg_draft: true`, off the reference decode by: {report['jpeg_draft']}.", ""]
+    lines += ["| workload | limit (a) items/s | graph (b) | naive (c) | (b)/(a) | (b)/(c) at 16 | (b)/(c) at 64 "
+              "| p50 c=1 graph / naive (ms) | $ per 1k images |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in report["summary"]:
         lines.append(f"| {s['workload']} | {s['limit_items_per_s']} | {s['graph_items_per_s']} | "
                      f"{s['naive_items_per_s']} | {s['efficiency_graph_over_limit']} | "
@@ -297,6 +317,9 @@ def main() -> None:
                         help="torch threads in each encoder replica of the graph")
     parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs Ray may schedule (default: all)")
     parser.add_argument("--gpu-price", type=float, default=2.5, help="USD per GPU-hour, for cost per 1k images")
+    parser.add_argument("--jpeg-draft", action="store_true",
+                        help="run the graph with jpeg_draft (faster decode, off the reference; the "
+                             "report states by how much)")
     parser.add_argument("--peer-url", help="an external OpenAI-compatible server, for embeddings")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
@@ -309,7 +332,8 @@ def main() -> None:
                           seconds=max(3.0, args.duration / 3))
     print(f"limit: {limit}", flush=True)
 
-    chosen = [w for w in workloads(realistic_jpegs()) if not args.workloads or w.name in args.workloads]
+    photos = realistic_jpegs()
+    chosen = [w for w in workloads(photos) if not args.workloads or w.name in args.workloads]
     limits = {w.name: limit_items_per_s(w, limit) for w in chosen}
     # The graph runs first: its best closed-loop rate sets the open-loop rate for everyone.
     rows = benchmark_graph(model, config, chosen, args) if "graph" in args.systems else []
@@ -322,6 +346,7 @@ def main() -> None:
                          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}",
               "preset": args.model or args.preset, "device": args.device, "duration_s": args.duration,
               "command": " ".join(sys.argv), "limit": limit, "rows": rows,
+              "jpeg_draft": jpeg_draft_deviation(model, photos) if args.jpeg_draft else None,
               "summary": summarize(rows, limits, chosen, args.gpu_price)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serving.json").write_text(json.dumps(report, indent=2))

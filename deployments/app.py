@@ -17,6 +17,7 @@ from ray.serve.deployment import Deployment
 
 from deployments.config import SiglipAppArgs
 from deployments.core.checkpoint import resolve_model
+from deployments.core.images import DecodeOptions
 from deployments.ingress import Ingress, RequestPolicy
 from deployments.preprocessor import ImagePreprocessor
 from deployments.score_fusion import ScoreFusion
@@ -52,7 +53,8 @@ def build_graph(args: SiglipAppArgs, vision_encoder: Deployment) -> Application:
         args.served_model_name or model,
         RequestPolicy(timeout_s=args.request_timeout_s, retries=args.stage_retries),
         args.limits,
-        ImagePreprocessor.bind(model, args.limits.images(), args.image_urls),
+        ImagePreprocessor.bind(model, DecodeOptions(args.limits.images(), args.jpeg_draft),
+                               args.image_urls),
         on_encoder_device(vision_encoder).bind(model, args.device, args.dtype, args.torch_threads),
         on_encoder_device(TextEncoder).bind(model, args.device, args.dtype, args.torch_threads),
         ScoreFusion.bind(model),

@@ -21,7 +21,7 @@ class InputLimits(_Strict):
     413 (body) or a 400 that names the limit and its value."""
 
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="Request body, in bytes.")
-    max_images_per_request: int = Field(32, ge=1)
+    max_images_per_request: int = Field(64, ge=1)
     max_texts_per_request: int = Field(512, ge=1, description="Texts to embed, or labels, "
                                        "queries and documents that are text.")
     max_labels_per_request: int = Field(256, ge=1)
@@ -61,6 +61,10 @@ class SiglipAppArgs(_Strict):
         "auto", description="GPUs per encoder replica. auto: 1 when the cluster has GPUs "
         "at deploy time, else 0. Set it explicitly on an autoscaling cluster that starts "
         "without GPU nodes.")
+    jpeg_draft: bool = Field(
+        False, description="Decode JPEGs at reduced scale (1/2 to 1/8, never below twice the model's "
+        "input size): several times faster on camera photos, but pixels and scores move away "
+        "from the reference processor's; benchmarks/serving.py measures by how much.")
     limits: InputLimits = InputLimits()
     image_urls: ImageUrlPolicy = ImageUrlPolicy()
 

@@ -9,20 +9,20 @@ from ray import serve
 
 from deployments.core.checkpoint import ImageSettings
 from deployments.core.fetch import ImageFetcher, ImageUrlPolicy
-from deployments.core.images import ImageLimits, preprocess_references
+from deployments.core.images import DecodeOptions, preprocess_references
 from deployments.metrics import StageMetrics
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class ImagePreprocessor:
-    def __init__(self, model: str, limits: ImageLimits, url_policy: ImageUrlPolicy):
+    def __init__(self, model: str, options: DecodeOptions, url_policy: ImageUrlPolicy):
         self._settings = ImageSettings.from_pretrained(model)
-        self._limits = limits
-        self._fetcher = ImageFetcher(url_policy, limits.max_bytes)
+        self._options = options
+        self._fetcher = ImageFetcher(url_policy, options.limits.max_bytes)
         self._metrics = StageMetrics()
 
     async def preprocess(self, references: list[str], params: list[str]) -> np.ndarray:
         """`params` name each image in the client's request, for error messages."""
         with self._metrics.timed():
-            return await preprocess_references(references, params, self._settings, self._limits,
+            return await preprocess_references(references, params, self._settings, self._options,
                                                self._fetcher)

@@ -127,13 +127,15 @@ def test_repeated_labels_come_from_the_text_cache(client):
 # ---- rerank --------------------------------------------------------------------------------
 
 def test_rerank_text_query_over_images_and_texts(client, reference):
-    documents = [{"image": URIS[0]}, "a cup of coffee", {"text": "a rocket"}, URIS[2], {"image": URIS[3]}]
+    # A bare string is a text in rerank, even when it reads like an image reference.
+    looks_like_an_image = data_uri(RAWS[2])[:200]
+    documents = [{"image": URIS[0]}, "a cup of coffee", {"text": "a rocket"}, looks_like_an_image, {"image": URIS[3]}]
     body = client.post("/v1/rerank", json={"query": "a photo of a cat", "documents": documents,
                                            "return_documents": True}).json()
     query = reference.text_embeddings(["a photo of a cat"])
     expected = np.concatenate([
         reference.pair_score(query, reference.image_embeddings([RAWS[0]]))[0],
-        reference.pair_score(query, reference.text_embeddings(["a cup of coffee", "a rocket", URIS[2]]))[0],
+        reference.pair_score(query, reference.text_embeddings(["a cup of coffee", "a rocket", looks_like_an_image]))[0],
         reference.pair_score(query, reference.image_embeddings([RAWS[3]]))[0],
     ])
     # The scores SiglipModel's own forward gives for the text-image pairs:
@@ -260,6 +262,7 @@ def test_a_request_larger_than_max_batch_size_is_split_and_reassembled(client, r
     vision_batch = next(d for d in serve_config["applications"][0]["deployments"]
                         if d["name"] == "VisionEncoder")["user_config"]["max_batch_size"]
     count = vision_batch + 7
+    assert count <= serve_config["applications"][0]["args"]["limits"]["max_images_per_request"]
     raws = [RAWS[i % len(RAWS)] for i in range(count)]
     body = client.post("/v1/embeddings", json={"input": [{"image": data_uri(raw)} for raw in raws]}).json()
     np.testing.assert_allclose(_vectors(body), reference.image_embeddings(raws), rtol=0, atol=ATOL)

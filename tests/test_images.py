@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from PIL import Image
 
 from deployments.core.checkpoint import ImageSettings
 from deployments.core.encoders import VisionEncoderCore
-from deployments.core.images import ImageInputError, ImageLimits, image_bytes
+from deployments.core.images import DecodeOptions, ImageInputError, ImageLimits, image_bytes
 from tests.hostile import png_bomb, png_header
 from tests.photos import data_uri, encode, photos, preprocess
 
@@ -107,11 +108,11 @@ def test_oversized_and_empty_images_are_refused_from_their_header(raw, reason, s
 def test_image_bytes_limit_holds_before_and_after_base64_decoding(settings):
     raw = encode(Image.new("RGB", (300, 300)), "BMP")  # 270 KB
     with pytest.raises(ImageInputError, match=r"larger than 100000 bytes \(max_image_bytes\)"):
-        preprocess([data_uri(raw)], ["x"], settings, limits=ImageLimits(max_bytes=100_000))
+        preprocess([data_uri(raw)], ["x"], settings, options=DecodeOptions(ImageLimits(max_bytes=100_000)))
     # Line breaks inflate the base64 text without adding bytes; the decoded size decides.
     wrapped = "\n".join(base64.b64encode(raw[:99_000]).decode()[i:i + 76] for i in range(0, 132_000, 76))
     with pytest.raises(ImageInputError, match="cannot decode|supported format"):
-        preprocess([wrapped], ["x"], settings, limits=ImageLimits(max_bytes=100_000))
+        preprocess([wrapped], ["x"], settings, options=DecodeOptions(ImageLimits(max_bytes=100_000)))
 
 
 def test_urls_are_refused_where_no_fetcher_is_given(settings):
@@ -124,7 +125,7 @@ VALID = [encode(Image.new(mode, (20, 12), "red" if mode == "RGB" else 128), fmt)
                            ("RGB", "BMP"), ("RGB", "TIFF"))]
 
 
-@hypothesis_settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hypothesis_settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=st.one_of(
     st.binary(max_size=2048),
     st.builds(lambda raw, cut: raw[:cut], st.sampled_from(VALID), st.integers(0, 400)),
@@ -139,3 +140,16 @@ def test_any_bytes_give_pixels_or_an_image_input_error(raw, settings):
         assert error.param == "input[0]" and error.reason
     else:
         assert pixels.shape == (1, 64, 64, 3) and pixels.dtype == np.uint8
+
+
+def test_jpeg_draft_is_an_opt_in_that_only_touches_large_jpegs(settings):
+    photo = Image.open(io.BytesIO(dict(PHOTOS)["astronaut.jpg"])).convert("RGB")
+    large = data_uri(encode(photo.resize((1024, 1024)), "JPEG", quality=90))  # 16x the 64 px input
+    small = data_uri(encode(photo.resize((100, 100)), "JPEG", quality=90))  # under 2x: full decode
+    png = data_uri(encode(photo.resize((1024, 1024)), "PNG"))
+    exact = preprocess([large, small, png], ["a", "b", "c"], settings).astype(int)
+    drafted = preprocess([large, small, png], ["a", "b", "c"], settings,
+                         options=DecodeOptions(jpeg_draft=True)).astype(int)
+    assert (drafted[1:] == exact[1:]).all()
+    difference = np.abs(drafted[0] - exact[0])
+    assert difference.max() > 0 and difference.mean() < 2.0

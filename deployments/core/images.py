@@ -24,6 +24,13 @@ class ImageLimits:
     max_pixels: int = 50_000_000
 
 
+@dataclass(frozen=True)
+class DecodeOptions:
+    limits: ImageLimits = ImageLimits()
+    # Opt-in: decode large JPEGs at reduced scale, at least twice the model's input size.
+    jpeg_draft: bool = False
+
+
 class ImageInputError(ValueError):
     """One image of a request could not be used; `param` names it in the request (`input[3]`)."""
 
@@ -72,17 +79,23 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def decode(data: bytes, max_pixels: int) -> Image.Image:
+def decode(data: bytes, max_pixels: int, jpeg_draft_size: int | None = None) -> Image.Image:
     """Decodes any format Pillow reads (the first frame of an animation) and applies the EXIF
     orientation, as transformers' `load_image` does. The size is checked from the header,
-    before any pixel is decoded, so a decompression bomb is refused without allocating it."""
+    before any pixel is decoded, so a decompression bomb is refused without allocating it.
+
+    `jpeg_draft_size` lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale, as long as both sides
+    stay at least that many pixels: several times faster on camera photos, but the pixels are no
+    longer the reference processor's (an opt-in; see `jpeg_draft` in the app args)."""
     image = Image.open(io.BytesIO(data))
     width, height = image.size
     if width * height > max_pixels:
-        raise UnusableImage(f"the image is {width}x{height} = {width * height} pixels; the limit is "
-                         f"{max_pixels} (max_image_pixels)")
+        raise UnusableImage(f"the image is {width}x{height} = {width * height} pixels; the limit "
+                            f"is {max_pixels} (max_image_pixels)")
     if width * height == 0:
         raise UnusableImage(f"the image is {width}x{height}: it has no pixels")
+    if jpeg_draft_size and image.format == "JPEG":
+        image.draft(image.mode, (jpeg_draft_size, jpeg_draft_size))
     image.load()
     return ImageOps.exif_transpose(image)
 
@@ -96,7 +109,7 @@ def prepare(image: Image.Image, settings: ImageSettings) -> np.ndarray:
 
 
 async def preprocess_references(references: list[str], params: list[str], settings: ImageSettings,
-                                limits: ImageLimits = ImageLimits(),
+                                options: DecodeOptions = DecodeOptions(),
                                 fetcher: ImageFetcher | None = None) -> np.ndarray:
     """(n, height, width, 3) uint8 for a request's images: data URIs, raw base64 or, with a
     `fetcher`, http(s) URLs (fetched concurrently). A bad image raises ImageInputError with its
@@ -104,7 +117,7 @@ async def preprocess_references(references: list[str], params: list[str], settin
     sources = await asyncio.gather(*(_fetch_if_url(reference, param, fetcher)
                                      for reference, param in zip(references, params, strict=True)))
     # Pillow releases the GIL while decoding and resizing, so the event loop stays free.
-    return await asyncio.to_thread(_decode_all, sources, params, settings, limits)
+    return await asyncio.to_thread(_decode_all, sources, params, settings, options)
 
 
 async def _fetch_if_url(reference: str, param: str, fetcher: ImageFetcher | None) -> str | bytes:
@@ -120,12 +133,14 @@ async def _fetch_if_url(reference: str, param: str, fetcher: ImageFetcher | None
 
 
 def _decode_all(sources: list[str | bytes], params: list[str], settings: ImageSettings,
-                limits: ImageLimits) -> np.ndarray:
+                options: DecodeOptions) -> np.ndarray:
+    limits = options.limits
+    draft_size = 2 * max(settings.height, settings.width) if options.jpeg_draft else None
     pixels = np.empty((len(sources), settings.height, settings.width, 3), dtype=np.uint8)
     for index, (source, param) in enumerate(zip(sources, params, strict=True)):
         try:
             data = source if isinstance(source, bytes) else image_bytes(source, limits.max_bytes)
-            pixels[index] = prepare(decode(data, limits.max_pixels), settings)
+            pixels[index] = prepare(decode(data, limits.max_pixels, draft_size), settings)
         except UnidentifiedImageError:
             raise ImageInputError(param, "not an image in a supported format "
                                          "(JPEG, PNG, WebP, GIF, BMP, TIFF)") from None

@@ -25,12 +25,14 @@ import platform
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import httpx
 import numpy as np
+import psutil
 import torch
 import yaml
 from PIL import Image
@@ -159,10 +161,41 @@ def _post(base_url: str, workload: Workload, index: int, timeout_s: float = 300)
     return True
 
 
+def ray_cpu_seconds() -> Counter:
+    """CPU seconds used so far by each Serve deployment's replicas, and by Ray's own processes
+    (proxy, controller, raylet, GCS, agents) together."""
+    seconds: Counter = Counter()
+    for process in psutil.process_iter(["cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if not (command.startswith("ray::") or "/ray/" in command):
+            continue
+        role = command.split()[0].rsplit(":", 1)[-1] if command.startswith("ray::ServeReplica:") else "ray"
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        seconds[role] += times.user + times.system
+    return seconds
+
+
+def process_cpu_seconds(pid: int) -> Callable[[], Counter]:
+    def seconds() -> Counter:
+        times = psutil.Process(pid).cpu_times()
+        return Counter({"server": times.user + times.system})
+    return seconds
+
+
+def _cpu_ms_per_request(before: Counter, after: Counter, requests: int) -> dict[str, float]:
+    used = {role: after[role] - before.get(role, 0) for role in after}
+    return {role: round(seconds / requests * 1e3) for role, seconds in
+            sorted(used.items(), key=lambda item: -item[1]) if seconds > 0} if requests else {}
+
+
 def run_loads(system: str, base_url: str, chosen: list[Workload], args, rates: dict[str, float],
-              batch_stats: Callable[[], dict] | None = None) -> list[dict]:
+              cpu_seconds: Callable[[], Counter], batch_stats: Callable[[], dict] | None = None) -> list[dict]:
     """Closed loops at each concurrency, then the open loop where `rates` names a rate. After
-    each point one more request must come back, so a backlog never leaks into the next point."""
+    each point one more request must come back, so a backlog never leaks into the next point.
+    Each point also records the CPU time each process spent per answered request."""
     rows = []
     for workload in chosen:
         _post(base_url, workload, 10**7)  # unmeasured: pays for lazy set-up in every stage
@@ -171,6 +204,7 @@ def run_loads(system: str, base_url: str, chosen: list[Workload], args, rates: d
             loads.append(("poisson", rates[workload.name]))
         for kind, level in loads:
             before = batch_stats() if batch_stats else None
+            cpu_before = cpu_seconds()
             if kind == "closed":
                 result = asyncio.run(closed_loop(base_url, workload.path, workload.make_body, level, args.duration))
             else:
@@ -178,6 +212,7 @@ def run_loads(system: str, base_url: str, chosen: list[Workload], args, rates: d
             row = {"system": system, "workload": workload.name, "load": kind,
                    ("concurrency" if kind == "closed" else "rate_per_s"): level,
                    **result.summary(workload.items_per_request)}
+            row["cpu_ms_per_request"] = _cpu_ms_per_request(cpu_before, cpu_seconds(), row["requests"])
             if batch_stats:
                 row["mean_batch"] = _mean_batches(before, batch_stats())
             row["settled"] = _post(base_url, workload, 10**7 + 1)
@@ -188,6 +223,8 @@ def run_loads(system: str, base_url: str, chosen: list[Workload], args, rates: d
 
 def poisson_rates(rows: list[dict], fraction: float) -> dict[str, float]:
     """The same offered load for every system: a fraction of the graph's best request rate."""
+    if fraction <= 0:
+        return {}
     rates: dict[str, float] = {}
     for row in rows:
         if row["system"] == "graph" and row["load"] == "closed" and row["errors"] == 0:
@@ -216,10 +253,10 @@ def benchmark_graph(model: str, config: dict, chosen, args) -> list[dict]:
     app["args"] = {**app.get("args", {}), "device": args.device, "torch_threads": args.torch_threads,
                    "jpeg_draft": args.jpeg_draft}
     with serve_locally(config, model, num_cpus=args.ray_cpus) as url:
-        rows = run_loads("graph", url, chosen, args, {}, graph_batch_stats)
+        rows = run_loads("graph", url, chosen, args, {}, ray_cpu_seconds, graph_batch_stats)
         if args.poisson_fraction > 0:
             rows += run_loads("graph", url, chosen, _only_open_loop(args),
-                              poisson_rates(rows, args.poisson_fraction), graph_batch_stats)
+                              poisson_rates(rows, args.poisson_fraction), ray_cpu_seconds, graph_batch_stats)
         return rows
 
 
@@ -239,7 +276,7 @@ def benchmark_naive(model: str, chosen, args, rates) -> list[dict]:
                 break
             except httpx.HTTPError:
                 time.sleep(0.5)
-        return run_loads("naive", url, chosen, args, rates)
+        return run_loads("naive", url, chosen, args, rates, process_cpu_seconds(server.pid))
     finally:
         server.kill()
         server.wait()
@@ -285,20 +322,22 @@ def markdown(report: dict) -> str:
                      f"{s['naive_items_per_s']} | {s['efficiency_graph_over_limit']} | "
                      f"{s['speedup_over_naive_c16']} | {s['speedup_over_naive_c64']} | "
                      f"{s['p50_ms_c1_graph']} / {s['p50_ms_c1_naive']} | {s.get('usd_per_1000_images', '')} |")
-    lines += ["", "| system | workload | load | items/s | p50 ms | p95 ms | p99 ms | errors | mean batch (vision, text) |",
-              "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    lines += ["", "| system | workload | load | items/s | p50 ms | p95 ms | p99 ms | errors | mean batch (vision, text) "
+              "| CPU ms per request, by process |",
+              "|---|---|---|---:|---:|---:|---:|---:|---|---|"]
     for r in report["rows"]:
         level = f"c={r['concurrency']}" if r["load"] == "closed" else f"poisson {r['rate_per_s']}/s"
         batches = r.get("mean_batch") or {}
         lines.append(f"| {r['system']} | {r['workload']} | {level} | {r['items_per_s']} | {r['p50_ms']} | "
                      f"{r['p95_ms']} | {r['p99_ms']} | {r['errors']} | "
-                     f"{batches.get('VisionEncoder', '')}, {batches.get('TextEncoder', '')} |")
+                     f"{batches.get('VisionEncoder', '')}, {batches.get('TextEncoder', '')} | "
+                     f"{', '.join(f'{role} {ms}' for role, ms in r['cpu_ms_per_request'].items())} |")
     return "\n".join(lines) + "\n"
 
 
 def peer_rows(url: str, chosen: list[Workload], args) -> list[dict]:
     embeddings_only = [w for w in chosen if w.path == "/v1/embeddings"]
-    return run_loads("peer", url.rstrip("/"), embeddings_only, args, {})
+    return run_loads("peer", url.rstrip("/"), embeddings_only, args, {}, Counter)
 
 
 def main() -> None:

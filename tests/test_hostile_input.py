@@ -2,8 +2,9 @@
 server keeps answering everyone else correctly, and memory stays bounded.
 
 Most tests run on the session app (open, default limits, loopback URLs refused). A copy with
-API keys, small limits and loopback allowed for image URLs runs beside it, so that keys and
-limits are shown through the same YAML and environment a user would set."""
+API keys, small limits, loopback allowed for image URLs and a one-slot preprocessor queue runs
+beside it, so that keys, limits and backpressure are shown through the same YAML and
+environment a user would set."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.apps import app_beside, assert_openai_error, wait_until_running
+from tests.apps import app_beside, assert_openai_error, deployment_config, wait_until_running
 from tests.hostile import png_bomb, png_header
 from tests.image_server import image_server
 from tests.photos import data_uri, encode, photos
@@ -40,11 +41,12 @@ def photo_server():
 
 def _guarded(app: dict) -> None:
     app["runtime_env"] = {"env_vars": {"SIGLIP_API_KEYS": f"other-key,{KEY}"}}
-    app["args"]["limits"] = {"max_body_bytes": 200_000, "max_images_per_request": 2,
+    app["args"]["limits"] = {"max_body_bytes": 300_000, "max_images_per_request": 2,
                              "max_text_chars": 100}
     app["args"]["image_urls"] = {"allowed_hosts": ["127.0.0.1"], "total_timeout_s": 5}
     for deployment in app["deployments"]:
         deployment["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 1}
+    deployment_config(app, "ImagePreprocessor").update(max_ongoing_requests=1, max_queued_requests=1)
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +91,34 @@ def test_limits_from_the_yaml_name_themselves(guarded_url):
     error = assert_openai_error(_post(guarded_url, "/v1/embeddings", json={"input": ["x" * 101]}), 400,
                                 param="input[0]")
     assert "(max_text_chars)" in error["message"]
-    error = assert_openai_error(_post(guarded_url, "/v1/embeddings", json={"input": ["y" * 300_000]}), 413)
-    assert "200000 bytes (max_body_bytes)" in error["message"]
+    error = assert_openai_error(_post(guarded_url, "/v1/embeddings", json={"input": ["y" * 400_000]}), 413)
+    assert "300000 bytes (max_body_bytes)" in error["message"]
+
+
+# ---- backpressure --------------------------------------------------------------------------
+
+def test_a_full_queue_answers_503_with_retry_after_quickly(guarded_url, reference):
+    raw = dict(photos())["retina-large.jpg"]  # the slowest photo to decode: the one slot fills
+    expected = reference.image_embeddings([raw])[0]
+    payload = {"input": [{"image": data_uri(raw)}]}
+
+    def one(_):  # not counted in TRIED: these 503s are the point, not a fault
+        started = time.monotonic()
+        response = httpx.post(guarded_url + "/v1/embeddings", json=payload, timeout=60,
+                              headers={"Authorization": f"Bearer {KEY}"})
+        return response, time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        results = list(pool.map(one, range(24)))
+    rejected = [(r, seconds) for r, seconds in results if r.status_code != 200]
+    admitted = [r for r, _ in results if r.status_code == 200]
+    assert rejected and admitted
+    for response, seconds in rejected:
+        assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
+        assert response.json()["error"]["type"] == "overloaded_error"
+        assert seconds < 10
+    for response in admitted:
+        np.testing.assert_allclose(response.json()["data"][0]["embedding"], expected, rtol=0, atol=1e-5)
 
 
 # ---- image URLs -----------------------------------------------------------------------------

@@ -161,38 +161,44 @@ def _post(base_url: str, workload: Workload, index: int, timeout_s: float = 300)
     return True
 
 
-def ray_cpu_seconds() -> Counter:
-    """CPU seconds used so far by each Serve deployment's replicas, and by Ray's own processes
-    (proxy, controller, raylet, GCS, agents) together."""
-    seconds: Counter = Counter()
+def ray_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far by each Ray process, by pid: a Serve replica under its
+    deployment's name, Ray's own processes (proxy, controller, raylet, GCS, agents) as "ray"."""
+    seconds = {}
     for process in psutil.process_iter(["cmdline"]):
         command = " ".join(process.info["cmdline"] or [])
         if not (command.startswith("ray::") or "/ray/" in command):
             continue
-        role = command.split()[0].rsplit(":", 1)[-1] if command.startswith("ray::ServeReplica:") else "ray"
+        # A busy replica's title names the method it runs: ray::ServeReplica:app:Name.method
+        role = (command.split()[0].rsplit(":", 1)[-1].split(".")[0]
+                if command.startswith("ray::ServeReplica:") else "ray")
         try:
             times = process.cpu_times()
         except psutil.Error:
             continue
-        seconds[role] += times.user + times.system
+        seconds[process.pid] = (role, times.user + times.system)
     return seconds
 
 
-def process_cpu_seconds(pid: int) -> Callable[[], Counter]:
-    def seconds() -> Counter:
+def process_cpu_seconds(pid: int) -> Callable[[], dict[int, tuple[str, float]]]:
+    def seconds() -> dict[int, tuple[str, float]]:
         times = psutil.Process(pid).cpu_times()
-        return Counter({"server": times.user + times.system})
+        return {pid: ("server", times.user + times.system)}
     return seconds
 
 
-def _cpu_ms_per_request(before: Counter, after: Counter, requests: int) -> dict[str, float]:
-    used = {role: after[role] - before.get(role, 0) for role in after}
-    return {role: round(seconds / requests * 1e3) for role, seconds in
-            sorted(used.items(), key=lambda item: -item[1]) if seconds > 0} if requests else {}
+def _cpu_ms_per_request(before: dict, after: dict, requests: int) -> dict[str, float]:
+    """Per role, the CPU its processes spent between the snapshots (a process started in
+    between counts from its start), per answered request."""
+    used: Counter = Counter()
+    for pid, (role, seconds) in after.items():
+        used[role] += seconds - before.get(pid, (role, 0.0))[1]
+    return {role: round(seconds / requests * 1e3) for role, seconds in used.most_common()
+            if seconds > 0} if requests else {}
 
 
 def run_loads(system: str, base_url: str, chosen: list[Workload], args, rates: dict[str, float],
-              cpu_seconds: Callable[[], Counter], batch_stats: Callable[[], dict] | None = None) -> list[dict]:
+              cpu_seconds: Callable[[], dict], batch_stats: Callable[[], dict] | None = None) -> list[dict]:
     """Closed loops at each concurrency, then the open loop where `rates` names a rate. After
     each point one more request must come back, so a backlog never leaks into the next point.
     Each point also records the CPU time each process spent per answered request."""
@@ -337,7 +343,7 @@ def markdown(report: dict) -> str:
 
 def peer_rows(url: str, chosen: list[Workload], args) -> list[dict]:
     embeddings_only = [w for w in chosen if w.path == "/v1/embeddings"]
-    return run_loads("peer", url.rstrip("/"), embeddings_only, args, {}, Counter)
+    return run_loads("peer", url.rstrip("/"), embeddings_only, args, {}, dict)
 
 
 def main() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from deployments.config import InputLimits
 from deployments.errors import ApiError, error_response
 from deployments.protocol import ErrorInfo
-
-logger = logging.getLogger("ray.serve")
 
 API_KEYS_ENV_VAR = "SIGLIP_API_KEYS"
 API_KEYS_FILE_ENV_VAR = "SIGLIP_API_KEYS_FILE"

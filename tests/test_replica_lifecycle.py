@@ -83,10 +83,12 @@ def test_scale_down_finishes_the_batches_in_flight(lifecycle, reference, gracefu
     responses = _embed_each(url, during=lambda: redeploy(_vision_replicas(1, graceful_shutdown_timeout_s)))
     wait_until_running(APP)
     assert running_replicas(APP, "VisionEncoder") == 1
+    lost = [r for r in responses if not (isinstance(r, httpx.Response) and r.status_code == 200)]
+    print(f"\nscale-down 2->1 with {graceful_shutdown_timeout_s} s grace: "
+          f"{len(responses) - len(lost)} of {len(responses)} requests answered")
     if batches_finish:
         _assert_all_correct(responses, reference)
     else:  # the control: without the grace period the stopped replica's batches are lost
-        lost = [r for r in responses if not (isinstance(r, httpx.Response) and r.status_code == 200)]
         assert lost, "the replica stopped without a grace period lost nothing: this test proves nothing"
         assert all(r.status_code == 503 for r in lost), lost
 
@@ -99,9 +101,13 @@ def test_replica_whose_model_breaks_fails_its_health_check_and_is_replaced(lifec
     [broken] = replica_actors(APP, "VisionEncoder")
 
     serve.get_deployment_handle("VisionEncoder", APP).break_model.remote().result()
-    deadline = time.monotonic() + 120
+    broken_at = time.monotonic()
+    deadline = broken_at + 120
     while [actor._actor_id for actor in replica_actors(APP, "VisionEncoder")] == [broken._actor_id]:
         assert time.monotonic() < deadline, "the broken replica was never replaced"
         time.sleep(0.5)
+    replaced_s = time.monotonic() - broken_at
     wait_until_running(APP)
+    print(f"\nbroken replica replaced after {replaced_s:.1f} s; healthy again after "
+          f"{time.monotonic() - broken_at:.1f} s")
     _assert_all_correct(_embed_each(url), reference)

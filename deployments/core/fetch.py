@@ -88,7 +88,8 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
         for address in addresses:  # every address must pass, so no retry can land on a bad one
             self._guard.check(host, address)
-        return await self._backend.connect_tcp(str(address), port, timeout, local_address, socket_options)
+        return await self._backend.connect_tcp(str(addresses[0]), port, timeout, local_address,
+                                               socket_options)
 
     async def sleep(self, seconds: float) -> None:
         await self._backend.sleep(seconds)

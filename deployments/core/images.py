@@ -59,7 +59,7 @@ def image_bytes(reference: str, max_bytes: int = ImageLimits.max_bytes) -> bytes
         data = _b64decode_allowing_line_breaks(reference)
     except (binascii.Error, ValueError):
         raise UnusableImage("not valid base64 (expected a data URI, base64-encoded image bytes "
-                         "or an http(s) URL)") from None
+                            "or an http(s) URL)") from None
     if not data:
         raise UnusableImage("empty image")
     if len(data) > max_bytes:

@@ -130,8 +130,7 @@ class ImageFetcher:
         try:
             async with self._pool.stream("GET", url, headers=[(b"Accept", b"image/*")],
                                          extensions={"timeout": self._timeouts}) as response:
-                location = next((value.decode("latin-1") for name, value in response.headers
-                                 if name.lower() == b"location"), None)
+                location = _header(response, b"location")
                 if response.status != 200:
                     return response.status, location, b""
                 return response.status, location, await self._read_bounded(response)
@@ -142,7 +141,7 @@ class ImageFetcher:
 
     async def _read_bounded(self, response: httpcore.Response) -> bytes:
         """The body, refused as soon as it passes max_bytes: a huge image is never held."""
-        declared = next((value for name, value in response.headers if name.lower() == b"content-length"), None)
+        declared = _header(response, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             raise FetchError(f"the image is {int(declared)} bytes; the limit is {self.max_bytes} "
                              "(max_image_bytes)")
@@ -155,6 +154,10 @@ class ImageFetcher:
 
     async def close(self) -> None:
         await self._pool.aclose()
+
+
+def _header(response: httpcore.Response, name: bytes) -> str | None:
+    return next((value.decode("latin-1") for key, value in response.headers if key.lower() == name), None)
 
 
 def is_url(reference: str) -> bool:

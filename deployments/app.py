@@ -35,12 +35,13 @@ def encoder_gpus(args: SiglipAppArgs) -> float:
 
 
 def build_app(args: SiglipAppArgs) -> Application:
-    return build_graph(args, VisionEncoder)
+    return build_graph(args, VisionEncoder, TextEncoder)
 
 
-def build_graph(args: SiglipAppArgs, vision_encoder: Deployment) -> Application:
-    """The graph with a chosen VisionEncoder deployment: the fault-injection tests pass one
-    whose model can be broken or slowed down."""
+def build_graph(args: SiglipAppArgs, vision_encoder: Deployment,
+                text_encoder: Deployment) -> Application:
+    """The graph with chosen encoder deployments: the fault-injection tests pass ones whose
+    model can be broken or slowed down."""
     model = resolve_model(args.model)
     gpus = encoder_gpus(args)
     logger.info("Serving %s; each encoder replica asks for %s GPU(s).", model, gpus)
@@ -56,6 +57,6 @@ def build_graph(args: SiglipAppArgs, vision_encoder: Deployment) -> Application:
         ImagePreprocessor.bind(model, DecodeOptions(args.limits.images(), args.jpeg_draft),
                                args.image_urls),
         on_encoder_device(vision_encoder).bind(model, args.device, args.dtype, args.torch_threads),
-        on_encoder_device(TextEncoder).bind(model, args.device, args.dtype, args.torch_threads),
+        on_encoder_device(text_encoder).bind(model, args.device, args.dtype, args.torch_threads),
         ScoreFusion.bind(model),
     )

@@ -3,7 +3,11 @@ of TextEncoder, and the other way round; replicas go again once the load stops; 
 answered meanwhile is correct.
 
 A second copy of the app, with tight autoscaling settings (no upscale delay, short look-back,
-as Ray's own autoscaling tests use), runs beside the session's app on the session cluster."""
+as Ray's own autoscaling tests use), runs beside the session's app on the session cluster. Its
+encoders take 0.5 s per forward pass (tests/fault_injection.py), as if waiting on a GPU: four
+clients keep an encoder loaded while the CPU stays free for the new replica to start. (Driving
+the tiny model's millisecond passes hard enough instead saturated both cores, and a new replica
+then took over a minute to start.)"""
 
 from __future__ import annotations
 
@@ -15,18 +19,20 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.apps import app_beside, running_replicas
+from tests.apps import app_beside, replica_states, running_replicas
 from tests.photos import data_uri, photos
 
 APP = "siglip-autoscaling"
 ROUTE = "/autoscaling"
 TIGHT = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "upscale_delay_s": 0,
          "downscale_delay_s": 2, "look_back_period_s": 0.5, "metrics_interval_s": 0.1}
+CLIENTS = 4  # requests ongoing at the loaded encoder: 2 per replica even at 2, over target 1
 RAWS = [raw for _, raw in photos()[:4]]
 URIS = [data_uri(raw) for raw in RAWS]
 
 
 def _tighten(app: dict) -> None:
+    app["import_path"] = "tests.fault_injection:build_slow_app"
     for deployment in app["deployments"]:
         # Only the encoders may grow: the test watches them alone.
         scaled = deployment["name"] in ("VisionEncoder", "TextEncoder")
@@ -49,8 +55,13 @@ def autoscaling_url(serve_url, serve_config):
         yield serve_url + ROUTE
 
 
+def _settled(deployment: str) -> bool:
+    """One replica, running, and none starting or stopping."""
+    return replica_states(APP, deployment) == {"RUNNING": 1}
+
+
 def _drive(url: str, request_for, check, until) -> list[str]:
-    """Sends request_for(i) = (path, json) from 16 threads until `until()`; returns failures."""
+    """Sends request_for(i) = (path, json) from CLIENTS threads until `until()`; returns failures."""
     failures = []
 
     def client_loop(worker: int) -> None:
@@ -64,15 +75,17 @@ def _drive(url: str, request_for, check, until) -> list[str]:
                     check(i, response.json())
                 except Exception as error:
                     failures.append(f"{type(error).__name__}: {str(error)[:200]}")
-                i += 16
+                i += CLIENTS
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(client_loop, range(16)))
+    with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
+        list(pool.map(client_loop, range(CLIENTS)))
     return failures
 
 
 def _scale_up_then_down(url: str, loaded: str, idle: str, request_for, check) -> None:
-    """Load until `loaded` has 2 replicas (and 3 s more), then none until it is back to 1."""
+    """Load until `loaded` has 2 replicas running (and 3 s more), then none until it is back
+    to 1."""
+    _wait_for(lambda: _settled(loaded) and _settled(idle), 60)
     timeline: list[tuple[float, int, int]] = []  # (seconds, loaded's replicas, idle's replicas)
     started = time.monotonic()
     scaled_up, load_stopped = threading.Event(), threading.Event()
@@ -91,7 +104,7 @@ def _scale_up_then_down(url: str, loaded: str, idle: str, request_for, check) ->
     watcher.start()
     failures = _drive(url, request_for, check,
                       until=lambda: (scaled_up.is_set() and time.monotonic() - started > 3)
-                      or time.monotonic() - started > 60)
+                      or time.monotonic() - started > 90)
     load_stopped.set()
     watcher.join()
     print(f"\n{loaded} load (seconds, {loaded} replicas, {idle} replicas): {timeline}")

@@ -21,6 +21,7 @@ import base64
 import asyncio
 import io
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -124,9 +125,16 @@ def measure_limit(model: str, vision_batch: int, text_batch: int, seconds: float
             count += 1
         return items * count / (time.perf_counter() - started)
 
-    return {"images_per_s": rate(lambda: vision.encode(pixels), vision_batch),
-            "texts_per_s": rate(lambda: text.encode(texts), text_batch),
-            "vision_batch": vision_batch, "text_batch": text_batch, "torch_threads": torch.get_num_threads()}
+    threads = torch.get_num_threads()
+    limit = {"images_per_s": rate(lambda: vision.encode(pixels), vision_batch),
+             "texts_per_s": rate(lambda: text.encode(texts), text_batch),
+             "vision_batch": vision_batch, "text_batch": text_batch, "torch_threads": threads}
+    # Not the limit, but what it hides: one thread wastes less CPU per image than several, so
+    # one single-thread process per core could beat the one process above.
+    torch.set_num_threads(1)
+    limit["images_per_s_one_thread"] = rate(lambda: vision.encode(pixels), vision_batch)
+    torch.set_num_threads(threads)
+    return limit
 
 
 def jpeg_draft_deviation(model: str, photos: list[str]) -> dict:
@@ -239,26 +247,55 @@ def poisson_rates(rows: list[dict], fraction: float) -> dict[str, float]:
 
 
 def _mean_batches(before: dict, after: dict) -> dict:
+    """Items per forward pass of each encoder between two `graph_batch_stats`, over its
+    replicas (a replica started in between counts from its start); None if none ran or a
+    replica could not be read."""
     means = {}
-    for encoder in after:
-        passes = {size: count - before[encoder].get(size, 0) for size, count in after[encoder].items()}
+    for encoder, replicas in after.items():
+        if replicas is None or before[encoder] is None:
+            means[encoder] = None
+            continue
+        passes: Counter = Counter()
+        for replica, counts in replicas.items():
+            for size, count in counts.items():
+                passes[size] += count - before[encoder].get(replica, {}).get(size, 0)
         total = sum(passes.values())
         means[encoder] = round(sum(size * count for size, count in passes.items()) / total, 2) if total else None
     return means
 
 
 def graph_batch_stats() -> dict:
+    """Forward passes by batch size, per replica of each encoder. A handle picks a replica at
+    random, so it asks until it has heard from every running replica."""
     from ray import serve
 
-    return {name: serve.get_deployment_handle(name, "siglip").batch_stats.remote().result()
-            for name in ("VisionEncoder", "TextEncoder")}
+    stats = {}
+    for name in ("VisionEncoder", "TextEncoder"):
+        running = serve.status().applications["siglip"].deployments[name].replica_states.get("RUNNING", 0)
+        handle, replicas = serve.get_deployment_handle(name, "siglip"), {}
+        for _ in range(20 * running):
+            answer = handle.batch_stats.remote().result()
+            replicas[answer["replica"]] = answer["forward_passes"]
+            if len(replicas) == running:
+                break
+        stats[name] = replicas if len(replicas) == running else None
+    return stats
 
 
 def benchmark_graph(model: str, config: dict, chosen, args) -> list[dict]:
     app = config["applications"][0]
     app["args"] = {**app.get("args", {}), "device": args.device, "torch_threads": args.torch_threads,
                    "jpeg_draft": args.jpeg_draft}
-    with serve_locally(config, model, num_cpus=args.ray_cpus) as url:
+    ray_cpus = args.ray_cpus
+    if args.encoder_replicas:
+        for deployment in app["deployments"]:
+            if deployment["name"] in ("VisionEncoder", "TextEncoder"):
+                deployment.pop("autoscaling_config", None)
+                deployment["num_replicas"] = args.encoder_replicas
+        # Vision and text replicas both get a thread per core and take turns on it: count
+        # each core twice so that Ray places them all.
+        ray_cpus = ray_cpus or 2 * os.cpu_count()
+    with serve_locally(config, model, num_cpus=ray_cpus) as url:
         rows = run_loads("graph", url, chosen, args, {}, ray_cpu_seconds, graph_batch_stats)
         if args.poisson_fraction > 0:
             rows += run_loads("graph", url, chosen, _only_open_loop(args),
@@ -317,7 +354,14 @@ def summarize(rows: list[dict], limits: dict[str, float], chosen: list[Workload]
 
 def markdown(report: dict) -> str:
     lines = [f"Machine: {report['machine']}; preset `{report['preset']}` (random weights), "
-             f"device {report['device']}; {report['duration_s']} s per point.", ""]
+             f"device {report['device']}; {report['duration_s']} s per point; graph: "
+             f"{report['graph_encoders']}.", "",
+             f"Command: `{report['command']}`", ""]
+    limit = report["limit"]
+    lines += [f"Limit (a): {limit['images_per_s']:.2f} images/s and {limit['texts_per_s']:.1f} texts/s in one "
+              f"process with {limit['torch_threads']} torch threads, at batch {limit['vision_batch']} / "
+              f"{limit['text_batch']}. With one thread it encodes {limit['images_per_s_one_thread']:.2f} "
+              f"images/s: a bound for one single-thread process per core is that times the cores.", ""]
     if report["jpeg_draft"]:
         lines += [f"The graph ran with `jpeg_draft: true`, off the reference decode by: {report['jpeg_draft']}.", ""]
     lines += ["| workload | limit (a) items/s | graph (b) | naive (c) | (b)/(a) | (b)/(c) at 16 | (b)/(c) at 64 "
@@ -358,8 +402,13 @@ def main() -> None:
     parser.add_argument("--poisson-fraction", type=float, default=0.7,
                         help="open-loop rate as a fraction of the graph's best closed-loop request "
                              "rate, offered to every system (0 skips it)")
-    parser.add_argument("--torch-threads", type=int, default=torch.get_num_threads(),
+    on_cpu = not torch.cuda.is_available()
+    parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch threads in each encoder replica of the graph")
+    parser.add_argument("--encoder-replicas", type=int, default=os.cpu_count() if on_cpu else None,
+                        help="a fixed replica count for each encoder of the graph (default: one per "
+                             "core on a CPU machine, where single-thread replicas waste the least "
+                             "CPU; serve_config.yaml's autoscaling on a GPU machine)")
     parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs Ray may schedule (default: all)")
     parser.add_argument("--gpu-price", type=float, default=2.5, help="USD per GPU-hour, for cost per 1k images")
     parser.add_argument("--jpeg-draft", action="store_true",
@@ -387,10 +436,12 @@ def main() -> None:
     if args.peer_url:
         rows += peer_rows(args.peer_url, chosen, args)
 
-    report = {"machine": f"{platform.node()} {platform.machine()}, {torch.get_num_threads()} torch threads, "
+    report = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
                          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}",
+              "graph_encoders": f"{args.encoder_replicas or 'autoscaled'} replica(s) of each encoder, "
+                                f"{args.torch_threads} torch thread(s) each",
               "preset": args.model or args.preset, "device": args.device, "duration_s": args.duration,
-              "command": " ".join(sys.argv), "limit": limit, "rows": rows,
+              "command": "python -m benchmarks.serving " + " ".join(sys.argv[1:]), "limit": limit, "rows": rows,
               "jpeg_draft": jpeg_draft_deviation(model, photos) if args.jpeg_draft else None,
               "summary": summarize(rows, limits, chosen, args.gpu_price)}
     args.out.mkdir(parents=True, exist_ok=True)

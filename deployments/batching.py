@@ -50,9 +50,11 @@ class BatchedEncoder:
                 "batch_queue_wait_timeout_s": self._encode_batch._get_batch_wait_timeout_s(),
                 "max_ongoing_requests": deployment_config.max_ongoing_requests}
 
-    def batch_stats(self) -> dict[int, int]:
-        """How many forward passes ran at each batch size (in items), since start."""
-        return dict(self._batch_sizes)
+    def batch_stats(self) -> dict[str, Any]:
+        """This replica's id, and how many forward passes it ran at each batch size (in items)
+        since it started."""
+        return {"replica": serve.get_replica_context().replica_id.unique_id,
+                "forward_passes": dict(self._batch_sizes)}
 
     def check_health(self) -> None:
         # Raising here makes Serve replace the replica.

@@ -33,9 +33,11 @@ def serve_locally(config: dict, model: str, num_cpus: int | None = None,
 
     config = ServeDeploySchema.model_validate(
         {**config, "http_options": {"host": "127.0.0.1", "port": free_port()}})
+    # Reporting every second (Ray's default: 10 s) costs CPU in every process (an idle graph
+    # here: 0.23 cores against 0.19), so only when metrics are asked for.
+    reporting = {"metrics_report_interval_ms": 1000} if metrics_export_port else {}
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             _metrics_export_port=metrics_export_port,
-             _system_config={"metrics_report_interval_ms": 1000})
+             _metrics_export_port=metrics_export_port, _system_config=reporting)
     try:
         client = serve_api.serve_start(http_options=config.http_options.model_dump(),
                                        proxy_location=config.proxy_location)

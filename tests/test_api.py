@@ -247,11 +247,11 @@ def test_configured_batching_reaches_the_replicas(serve_url, serve_config, name)
 def test_concurrent_single_image_requests_share_forward_passes(client):
     """Dynamic batching across requests: 16 one-image requests at once need fewer passes."""
     vision = serve.get_deployment_handle("VisionEncoder", APP)
-    before = vision.batch_stats.remote().result()
+    before = vision.batch_stats.remote().result()["forward_passes"]
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(lambda i: client.post("/v1/embeddings", json={"input": [{"image": URIS[i % 4]}]}),
                       range(16)))
-    after = vision.batch_stats.remote().result()
+    after = vision.batch_stats.remote().result()["forward_passes"]
     new_passes = {size: after.get(size, 0) - before.get(size, 0) for size in after}
     assert sum(size * count for size, count in new_passes.items()) == 16
     assert max(size for size, count in new_passes.items() if count) > 1

@@ -44,7 +44,7 @@ from deployments.config import BatchingConfig, TextEncoderConfig
 from deployments.core.encoders import TextEncoderCore, VisionEncoderCore
 from deployments.core.images import DecodeOptions, preprocess_references
 from deployments.core.random_checkpoint import make_checkpoint
-from deployments.local_cluster import free_port, serve_locally
+from deployments.local_cluster import free_port, running_replicas, serve_locally
 
 REPO = Path(__file__).resolve().parent.parent
 LABELS = ["cat", "dog", "astronaut", "rocket", "cup of coffee", "galaxy", "city street",
@@ -129,11 +129,12 @@ def measure_limit(model: str, vision_batch: int, text_batch: int, seconds: float
     limit = {"images_per_s": rate(lambda: vision.encode(pixels), vision_batch),
              "texts_per_s": rate(lambda: text.encode(texts), text_batch),
              "vision_batch": vision_batch, "text_batch": text_batch, "torch_threads": threads}
-    # Not the limit, but what it hides: one thread wastes less CPU per image than several, so
-    # one single-thread process per core could beat the one process above.
-    torch.set_num_threads(1)
-    limit["images_per_s_one_thread"] = rate(lambda: vision.encode(pixels), vision_batch)
-    torch.set_num_threads(threads)
+    if vision.device.type == "cpu":
+        # Not the limit, but what it hides: one thread wastes less CPU per image than several,
+        # so one single-thread process per core could beat the one process above.
+        torch.set_num_threads(1)
+        limit["images_per_s_one_thread"] = rate(lambda: vision.encode(pixels), vision_batch)
+        torch.set_num_threads(threads)
     return limit
 
 
@@ -271,7 +272,7 @@ def graph_batch_stats() -> dict:
 
     stats = {}
     for name in ("VisionEncoder", "TextEncoder"):
-        running = serve.status().applications["siglip"].deployments[name].replica_states.get("RUNNING", 0)
+        running = running_replicas("siglip", name)
         handle, replicas = serve.get_deployment_handle(name, "siglip"), {}
         for _ in range(20 * running):
             answer = handle.batch_stats.remote().result()
@@ -360,8 +361,10 @@ def markdown(report: dict) -> str:
     limit = report["limit"]
     lines += [f"Limit (a): {limit['images_per_s']:.2f} images/s and {limit['texts_per_s']:.1f} texts/s in one "
               f"process with {limit['torch_threads']} torch threads, at batch {limit['vision_batch']} / "
-              f"{limit['text_batch']}. With one thread it encodes {limit['images_per_s_one_thread']:.2f} "
-              f"images/s: a bound for one single-thread process per core is that times the cores.", ""]
+              f"{limit['text_batch']}."
+              + (f" With one thread it encodes {limit['images_per_s_one_thread']:.2f} images/s: a bound "
+                 "for one single-thread process per core is that times the cores."
+                 if "images_per_s_one_thread" in limit else ""), ""]
     if report["jpeg_draft"]:
         lines += [f"The graph ran with `jpeg_draft: true`, off the reference decode by: {report['jpeg_draft']}.", ""]
     lines += ["| workload | limit (a) items/s | graph (b) | naive (c) | (b)/(a) | (b)/(c) at 16 | (b)/(c) at 64 "

@@ -33,8 +33,8 @@ def serve_locally(config: dict, model: str, num_cpus: int | None = None,
 
     config = ServeDeploySchema.model_validate(
         {**config, "http_options": {"host": "127.0.0.1", "port": free_port()}})
-    # Reporting every second (Ray's default: 10 s) costs CPU in every process (an idle graph
-    # here: 0.23 cores against 0.19), so only when metrics are asked for.
+    # Reporting every second (Ray's default: 10 s) costs CPU in every process, so only when
+    # metrics are asked for.
     reporting = {"metrics_report_interval_ms": 1000} if metrics_export_port else {}
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              _metrics_export_port=metrics_export_port, _system_config=reporting)
@@ -48,3 +48,15 @@ def serve_locally(config: dict, model: str, num_cpus: int | None = None,
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def replica_states(app: str, deployment: str) -> dict[str, int]:
+    """Replicas of the deployment by state (STARTING, RUNNING, STOPPING...), as Serve counts them."""
+    from ray import serve
+
+    states = serve.status().applications[app].deployments[deployment].replica_states
+    return {state: count for state, count in states.items() if count}
+
+
+def running_replicas(app: str, deployment: str) -> int:
+    return replica_states(app, deployment).get("RUNNING", 0)

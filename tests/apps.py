@@ -62,18 +62,6 @@ def replica_actors(app: str, deployment: str) -> list:
             if actor["name"].startswith(prefix)]
 
 
-def replica_states(app: str, deployment: str) -> dict[str, int]:
-    """Replicas of the deployment by state (STARTING, RUNNING, STOPPING...), as Serve counts them."""
-    from ray import serve
-
-    states = serve.status().applications[app].deployments[deployment].replica_states
-    return {state: count for state, count in states.items() if count}
-
-
-def running_replicas(app: str, deployment: str) -> int:
-    return replica_states(app, deployment).get("RUNNING", 0)
-
-
 def wait_until_running(app: str, timeout_s: float = 120) -> None:
     """Until the app and each of its deployments report healthy."""
     from ray import serve

@@ -19,7 +19,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.apps import app_beside, replica_states, running_replicas
+from deployments.local_cluster import replica_states, running_replicas
+from tests.apps import app_beside
 from tests.photos import data_uri, photos
 
 APP = "siglip-autoscaling"

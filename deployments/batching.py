@@ -10,19 +10,16 @@ import torch
 from ray import serve
 
 from deployments.config import BatchingConfig
+from deployments.core.batcher import Batcher
 from deployments.core.encoders import Embeddings
 from deployments.metrics import EncoderMetrics
-
-
-def _count_items(chunks: list[Sequence]) -> int:
-    return sum(len(chunk) for chunk in chunks)
 
 
 class BatchedEncoder:
     """Batches items (images or texts) across concurrent requests.
 
-    A request's items are cut into chunks no larger than `max_batch_size` (Ray refuses a single
-    call larger than a batch), and chunks from many requests share one forward pass. The
+    A request's items are cut into chunks no larger than `max_batch_size`, so that no forward
+    pass is larger than configured, and chunks from many requests share one forward pass. The
     forward pass runs in a worker thread, so the next batch keeps filling while it computes.
     """
 
@@ -33,21 +30,23 @@ class BatchedEncoder:
             torch.set_num_threads(torch_threads)
         self._core = core
         self.config = self.config_model()
+        self._batcher = Batcher(self._encode_batch, self.config.max_batch_size,
+                                self.config.batch_wait_timeout_s)
         self._batch_sizes: Counter[int] = Counter()  # achieved batch size -> forward passes
         self.metrics = EncoderMetrics()
 
     def reconfigure(self, user_config: dict) -> None:
         """serve_config.yaml's `user_config`; applied in place, without a restart."""
         self.config = self.config_model.model_validate(user_config)
-        self._encode_batch.set_max_batch_size(self.config.max_batch_size)
-        self._encode_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+        self._batcher.max_batch_size = self.config.max_batch_size
+        self._batcher.batch_wait_timeout_s = self.config.batch_wait_timeout_s
 
     def effective_config(self) -> dict[str, Any]:
         """What this replica really runs with, for operators and tests."""
         deployment_config = serve.get_replica_context()._deployment_config
         return {**self.config.model_dump(),
-                "batch_queue_max_batch_size": self._encode_batch._get_max_batch_size(),
-                "batch_queue_wait_timeout_s": self._encode_batch._get_batch_wait_timeout_s(),
+                "batcher_max_batch_size": self._batcher.max_batch_size,
+                "batcher_wait_timeout_s": self._batcher.batch_wait_timeout_s,
                 "max_ongoing_requests": deployment_config.max_ongoing_requests}
 
     def batch_stats(self) -> dict[str, Any]:
@@ -71,13 +70,10 @@ class BatchedEncoder:
     async def _encode_items(self, items: Sequence) -> Embeddings:
         size = self.config.max_batch_size
         chunks = [items[start:start + size] for start in range(0, len(items), size)]
-        return Embeddings.concatenate(await asyncio.gather(*map(self._encode_batch, chunks)))
+        return Embeddings.concatenate(await asyncio.gather(*map(self._batcher.submit, chunks)))
 
-    @serve.batch(max_batch_size=BatchingConfig().max_batch_size,
-                 batch_wait_timeout_s=BatchingConfig().batch_wait_timeout_s,
-                 batch_size_fn=_count_items)
     async def _encode_batch(self, chunks: list[Sequence]) -> list[Embeddings]:
-        size = _count_items(chunks)
+        size = sum(len(chunk) for chunk in chunks)
         self._batch_sizes[size] += 1
         self.metrics.batch_size.observe(size)
         self.metrics.items_encoded.inc(size)

@@ -239,8 +239,8 @@ def test_configured_batching_reaches_the_replicas(serve_url, serve_config, name)
     effective = serve.get_deployment_handle(name, APP).effective_config.remote().result()
     for key, value in configured["user_config"].items():
         assert effective[key] == value, key
-    assert effective["batch_queue_max_batch_size"] == configured["user_config"]["max_batch_size"]
-    assert effective["batch_queue_wait_timeout_s"] == configured["user_config"]["batch_wait_timeout_s"]
+    assert effective["batcher_max_batch_size"] == configured["user_config"]["max_batch_size"]
+    assert effective["batcher_wait_timeout_s"] == configured["user_config"]["batch_wait_timeout_s"]
     assert effective["max_ongoing_requests"] == configured["max_ongoing_requests"]
 
 

@@ -79,7 +79,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     (P, L, CMYK, 16-bit) goes through Pillow's own conversion to RGB."""
     has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
     if not has_alpha:
-        return image.convert("RGB")
+        # convert() copies even an RGB image: 36 MB for a 12-megapixel photo.
+        return image if image.mode == "RGB" else image.convert("RGB")
     rgba = image.convert("RGBA")
     background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(background, rgba).convert("RGB")
@@ -103,7 +104,8 @@ def decode(data: bytes, max_pixels: int, jpeg_draft_size: int | None = None) -> 
     if jpeg_draft_size and image.format == "JPEG":
         image.draft(image.mode, (jpeg_draft_size, jpeg_draft_size))
     image.load()
-    return ImageOps.exif_transpose(image)
+    ImageOps.exif_transpose(image, in_place=True)  # in place: a copy is most of a decode's cost
+    return image
 
 
 def prepare(image: Image.Image, settings: ImageSettings) -> np.ndarray:

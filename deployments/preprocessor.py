@@ -4,7 +4,11 @@ ingress never waits on a slow image server and fetching scales with this stage."
 
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+import ray
 from ray import serve
 
 from deployments.core.checkpoint import ImageSettings
@@ -19,10 +23,14 @@ class ImagePreprocessor:
         self._settings = ImageSettings.from_pretrained(model)
         self._options = options
         self._fetcher = ImageFetcher(url_policy, options.limits.max_bytes)
+        # One decode at a time per CPU the replica holds: more threads add no throughput, and
+        # concurrent decodes of large photos evict each other from the caches.
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        self._decoder = ThreadPoolExecutor(max(1, math.ceil(cpus)), thread_name_prefix="decode")
         self._metrics = StageMetrics()
 
     async def preprocess(self, references: list[str], params: list[str]) -> np.ndarray:
         """`params` name each image in the client's request, for error messages."""
         with self._metrics.timed():
             return await preprocess_references(references, params, self._settings, self._options,
-                                               self._fetcher)
+                                               self._fetcher, self._decoder)

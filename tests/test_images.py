@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -153,3 +155,20 @@ def test_jpeg_draft_is_an_opt_in_that_only_touches_large_jpegs(settings):
     assert (drafted[1:] == exact[1:]).all()
     difference = np.abs(drafted[0] - exact[0])
     assert difference.max() > 0 and difference.mean() < 2.0
+
+
+def test_decoding_runs_on_the_threads_it_is_given(settings):
+    """The preprocessor caps concurrent decodes at its CPUs by passing its own executor."""
+    raws = [raw for _, raw in photos()[:3]]
+    with ThreadPoolExecutor(1, thread_name_prefix="decode") as decoder:
+        threads: list[str] = []
+        original_submit = decoder.submit
+
+        def submit(function, *args):
+            return original_submit(lambda: (threads.append(threading.current_thread().name),
+                                            function(*args))[1])
+
+        decoder.submit = submit
+        pixels = preprocess([data_uri(raw) for raw in raws], ["a", "b", "c"], settings, decoder=decoder)
+    assert threads == ["decode_0"]
+    np.testing.assert_array_equal(pixels, preprocess([data_uri(raw) for raw in raws], ["a", "b", "c"], settings))

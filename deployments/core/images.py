@@ -7,6 +7,7 @@ import asyncio
 import base64
 import binascii
 import io
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,14 +119,16 @@ def prepare(image: Image.Image, settings: ImageSettings) -> np.ndarray:
 
 async def preprocess_references(references: list[str], params: list[str], settings: ImageSettings,
                                 options: DecodeOptions = DecodeOptions(),
-                                fetcher: ImageFetcher | None = None) -> np.ndarray:
+                                fetcher: ImageFetcher | None = None,
+                                decoder: Executor | None = None) -> np.ndarray:
     """(n, height, width, 3) uint8 for a request's images: data URIs, raw base64 or, with a
     `fetcher`, http(s) URLs (fetched concurrently). A bad image raises ImageInputError with its
-    `params` entry, so one request's bad input never reaches a shared batch."""
+    `params` entry, so one request's bad input never reaches a shared batch. The decoding runs
+    on `decoder`'s threads (default: asyncio's), where Pillow releases the GIL."""
     sources = await asyncio.gather(*(_fetch_if_url(reference, param, fetcher)
                                      for reference, param in zip(references, params, strict=True)))
-    # Pillow releases the GIL while decoding and resizing, so the event loop stays free.
-    return await asyncio.to_thread(_decode_all, sources, params, settings, options)
+    return await asyncio.get_running_loop().run_in_executor(
+        decoder, _decode_all, sources, params, settings, options)
 
 
 async def _fetch_if_url(reference: str, param: str, fetcher: ImageFetcher | None) -> str | bytes:

@@ -52,7 +52,8 @@ def build_graph(args: SiglipAppArgs, vision_encoder: Deployment,
 
     return Ingress.bind(
         args.served_model_name or model,
-        RequestPolicy(timeout_s=args.request_timeout_s, retries=args.stage_retries),
+        RequestPolicy(timeout_s=args.request_timeout_s, retries=args.stage_retries,
+                      images_per_call=args.images_per_call),
         args.limits,
         ImagePreprocessor.bind(model, DecodeOptions(args.limits.images(), args.jpeg_draft),
                                args.image_urls),

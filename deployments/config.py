@@ -57,6 +57,10 @@ class SiglipAppArgs(_Strict):
     stage_retries: int = Field(
         3, ge=0, le=10, description="Times a request's stage calls are re-sent when a replica "
         "died under them (inference is idempotent) before the client sees a 503.")
+    images_per_call: int = Field(
+        4, ge=1, description="A request's images go to the preprocessor and the vision encoder in "
+        "calls of at most this many, so that a many-image request decodes and encodes on several "
+        "replicas at once. Calls from all requests still share the encoders' batches.")
     encoder_gpus: Literal["auto"] | Annotated[float, Field(ge=0)] = Field(
         "auto", description="GPUs per encoder replica. auto: 1 when the cluster has GPUs "
         "at deploy time, else 0. Set it explicitly on an autoscaling cluster that starts "

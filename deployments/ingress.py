@@ -48,6 +48,7 @@ class RequestPolicy:
     timeout_s: float = 60
     retries: int = 3
     retry_backoff_s: float = 0.5
+    images_per_call: int = 4
 
 
 _ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 500)}
@@ -208,19 +209,23 @@ class Ingress:
 
     # ---- stage calls ---------------------------------------------------------------------
 
-    def _encode_images(self, references: list[str], params: list[str]) -> DeploymentResponse:
-        # The unawaited pixels go straight from the preprocessor's replica to the encoder's.
-        return self._vision.encode.remote(self._preprocessor.preprocess.remote(references, params))
+    def _encode_images(self, references: list[str], params: list[str]) -> list[DeploymentResponse]:
+        """Embeddings of the images, in parts of `images_per_call`: a request's parts decode and
+        encode in parallel, on as many replicas as there are. The unawaited pixels go straight
+        from the preprocessor's replica to the encoder's."""
+        step = self._policy.images_per_call
+        return [self._vision.encode.remote(self._preprocessor.preprocess.remote(
+                    references[start:start + step], params[start:start + step]))
+                for start in range(0, len(references), step)]
 
     def _encode_items(self, items: list[Item], is_image: list[bool], param: str):
-        """(image embeddings or None, text embeddings or None), unawaited."""
+        """(image embedding parts, text embeddings or None), unawaited."""
         images = [i for i, flag in enumerate(is_image) if flag]
         texts = [_text(item) for item, flag in zip(items, is_image) if not flag]
-        image_embeddings = (self._encode_images([items[i].image for i in images],
-                                                [f"{param}[{i}]" for i in images])
-                            if images else None)
+        image_parts = self._encode_images([items[i].image for i in images],
+                                          [f"{param}[{i}]" for i in images])
         text_embeddings = self._text.encode.remote(texts) if texts else None
-        return image_embeddings, text_embeddings
+        return image_parts, text_embeddings
 
     def _check_model(self, requested: str | None) -> None:
         if requested is not None and requested != self._model_name:
@@ -244,8 +249,12 @@ class Ingress:
         is_image = [_image_reference(item) is not None for item in items]
         check_request_size(self._limits, images=sum(is_image),
                            texts=_texts_with_params(items, is_image, "input"))
-        images, texts = await run_stage_calls(lambda: self._encode_items(items, is_image, "input"),
-                                              self._policy)
+        def stage_calls():
+            image_parts, texts = self._encode_items(items, is_image, "input")
+            return [texts, *image_parts]
+
+        texts, *image_parts = await run_stage_calls(stage_calls, self._policy)
+        images = Embeddings.concatenate(image_parts) if image_parts else None
         embeddings = Embeddings.interleave(is_image, images, texts)
         data = [EmbeddingData(index=i, embedding=_to_wire(vector, body.encoding_format))
                 for i, vector in enumerate(embeddings.vectors)]
@@ -261,7 +270,7 @@ class Ingress:
         check_request_size(self._limits, images=len(references), labels=len(prompts),
                            texts=[(f"labels[{i}]", prompt) for i, prompt in enumerate(prompts)])
         [(rankings, tokens)] = await run_stage_calls(lambda: [self._fusion.classify.remote(
-            self._encode_images(references, params), self._text.encode.remote(prompts), body.top_k)],
+            self._text.encode.remote(prompts), body.top_k, *self._encode_images(references, params))],
             self._policy)
         data = []
         for index, ranking in enumerate(rankings):
@@ -281,10 +290,10 @@ class Ingress:
                            documents=len(body.documents))
 
         def stage_calls():
-            query = (self._encode_images([query_reference], ["query"]) if query_reference is not None
+            query = (self._encode_images([query_reference], ["query"])[0] if query_reference is not None
                      else self._text.encode.remote([_text(body.query)]))
-            images, texts = self._encode_items(body.documents, is_image, "documents")
-            return [self._fusion.rerank.remote(query, is_image, images, texts, body.top_n)]
+            image_parts, texts = self._encode_items(body.documents, is_image, "documents")
+            return [self._fusion.rerank.remote(query, is_image, texts, body.top_n, *image_parts)]
 
         [(ranking, tokens)] = await run_stage_calls(stage_calls, self._policy)
         results = []

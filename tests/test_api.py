@@ -161,6 +161,21 @@ def test_rerank_image_query_over_texts_and_images_with_top_n(client, reference):
     assert all("document" not in r or r["document"] is None for r in body["results"])
 
 
+def test_images_spread_over_several_calls_keep_their_places(client, reference, serve_config):
+    """A request's images go out in calls of images_per_call; results come back in its order."""
+    documents = ["a cup of coffee", *({"image": uri} for uri in URIS[:6]), "a rocket",
+                 *({"image": uri} for uri in URIS[6:9])]
+    images = [i for i, document in enumerate(documents) if isinstance(document, dict)]
+    assert len(images) > 2 * serve_config["applications"][0]["args"]["images_per_call"]
+    body = client.post("/v1/rerank", json={"query": "a photo of a cat", "documents": documents}).json()
+    query = reference.text_embeddings(["a photo of a cat"])
+    expected = np.empty(len(documents))
+    expected[images] = reference.pair_score(query, reference.image_embeddings(RAWS[:9]))[0]
+    expected[[0, 7]] = reference.pair_score(query, reference.text_embeddings(["a cup of coffee", "a rocket"]))[0]
+    got = {r["index"]: r["relevance_score"] for r in body["results"]}
+    np.testing.assert_allclose([got[i] for i in range(len(documents))], expected, rtol=0, atol=ATOL)
+
+
 # ---- errors --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path,body,param", [
@@ -190,6 +205,9 @@ def test_malformed_json_gets_400(client):
     ("/v1/classify", {"input": [URIS[0], URIS[1], "%%%"], "labels": ["a"]}, "input[2]"),
     ("/v1/rerank", {"query": {"image": "AAAA"}, "documents": ["a"]}, "query"),
     ("/v1/rerank", {"query": "a", "documents": ["b", {"image": URIS[0][:200]}]}, "documents[1]"),
+    # In the second call of images_per_call (4) images: still named by its place in the request.
+    ("/v1/embeddings", {"input": [{"image": uri} for uri in URIS[:5]] + ["text", {"image": "%%%"}]},
+     "input[6]"),
 ])
 def test_an_undecodable_image_gets_400_naming_its_index(client, path, body, param):
     response = client.post(path, json=body)

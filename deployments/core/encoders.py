@@ -4,6 +4,7 @@ embeddings out. The Ray deployments and the GPU benchmark both call these classe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ class Embeddings:
         return len(self.vectors)
 
     @classmethod
-    def concatenate(cls, parts: list["Embeddings"]) -> "Embeddings":
+    def concatenate(cls, parts: Sequence["Embeddings"]) -> "Embeddings":
         return cls(np.concatenate([p.vectors for p in parts]), np.concatenate([p.tokens for p in parts]))
 
     @classmethod

@@ -21,6 +21,7 @@ import base64
 import asyncio
 import io
 import json
+import math
 import os
 import platform
 import subprocess
@@ -283,6 +284,18 @@ def graph_batch_stats() -> dict:
     return stats
 
 
+def fixed_replicas(deployment: str, encoder_replicas: int) -> int:
+    """Replicas of each stage when the encoders have a fixed count, as on a CPU machine. There,
+    every core is busy already: a replica the autoscaler adds only takes CPU to start (seconds
+    of imports and model loading) and then competes for the same cores."""
+    if deployment in ("VisionEncoder", "TextEncoder"):
+        return encoder_replicas
+    if deployment == "ImagePreprocessor":
+        # One decode thread per replica, and a decode costs about a quarter of an encode.
+        return math.ceil(encoder_replicas / 4)
+    return 1  # Ingress and ScoreFusion: async, a few ms of CPU per request
+
+
 def benchmark_graph(model: str, config: dict, chosen, args) -> list[dict]:
     app = config["applications"][0]
     app["args"] = {**app.get("args", {}), "device": args.device, "torch_threads": args.torch_threads,
@@ -290,9 +303,8 @@ def benchmark_graph(model: str, config: dict, chosen, args) -> list[dict]:
     ray_cpus = args.ray_cpus
     if args.encoder_replicas:
         for deployment in app["deployments"]:
-            if deployment["name"] in ("VisionEncoder", "TextEncoder"):
-                deployment.pop("autoscaling_config", None)
-                deployment["num_replicas"] = args.encoder_replicas
+            deployment.pop("autoscaling_config", None)
+            deployment["num_replicas"] = fixed_replicas(deployment["name"], args.encoder_replicas)
         # Vision and text replicas both get a thread per core and take turns on it: count
         # each core twice so that Ray places them all.
         ray_cpus = ray_cpus or 2 * os.cpu_count()
@@ -409,9 +421,10 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch threads in each encoder replica of the graph")
     parser.add_argument("--encoder-replicas", type=int, default=os.cpu_count() if on_cpu else None,
-                        help="a fixed replica count for each encoder of the graph (default: one per "
-                             "core on a CPU machine, where single-thread replicas waste the least "
-                             "CPU; serve_config.yaml's autoscaling on a GPU machine)")
+                        help="a fixed replica count for each encoder of the graph, and fixed counts "
+                             "for the other stages (default: one per core on a CPU machine, where "
+                             "single-thread replicas waste the least CPU; serve_config.yaml's "
+                             "autoscaling on a GPU machine)")
     parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs Ray may schedule (default: all)")
     parser.add_argument("--gpu-price", type=float, default=2.5, help="USD per GPU-hour, for cost per 1k images")
     parser.add_argument("--jpeg-draft", action="store_true",
@@ -441,8 +454,13 @@ def main() -> None:
 
     report = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
                          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}",
-              "graph_encoders": f"{args.encoder_replicas or 'autoscaled'} replica(s) of each encoder, "
-                                f"{args.torch_threads} torch thread(s) each",
+              "graph_encoders": (f"{args.encoder_replicas} replica(s) of each encoder, "
+                                 f"{args.torch_threads} torch thread(s) each; "
+                                 + ", ".join(f"{name} {fixed_replicas(name, args.encoder_replicas)}"
+                                             for name in ("ImagePreprocessor", "Ingress", "ScoreFusion"))
+                                 if args.encoder_replicas else
+                                 f"serve_config.yaml's autoscaling, {args.torch_threads} torch thread(s) "
+                                 "per encoder replica"),
               "preset": args.model or args.preset, "device": args.device, "duration_s": args.duration,
               "command": "python -m benchmarks.serving " + " ".join(sys.argv[1:]), "limit": limit, "rows": rows,
               "jpeg_draft": jpeg_draft_deviation(model, photos) if args.jpeg_draft else None,

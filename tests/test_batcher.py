@@ -23,15 +23,21 @@ class RecordingModel:
         return ["+".join(chunk) for chunk in chunks]
 
 
+async def _busy_with_a_first_batch(batcher: Batcher, model: RecordingModel) -> asyncio.Task:
+    """Submits ["a"]; returns once its forward pass runs, held until `model.release` is set."""
+    model.release.clear()
+    first = asyncio.create_task(batcher.submit(["a"]))
+    while not model.batches:
+        await asyncio.sleep(0.001)
+    return first
+
+
 def test_what_queues_during_a_forward_pass_shares_the_next_one():
     """Ray's @serve.batch runs these as five batches of one; a busy replica must not."""
     async def run():
         model = RecordingModel()
         batcher = Batcher(model.run_batch, max_batch_size=32, batch_wait_timeout_s=0.001)
-        model.release.clear()
-        first = asyncio.create_task(batcher.submit(["a"]))
-        while not model.batches:
-            await asyncio.sleep(0.001)
+        first = await _busy_with_a_first_batch(batcher, model)
         rest = [asyncio.create_task(batcher.submit([name])) for name in "bcdef"]
         await asyncio.sleep(0.05)  # far past the wait: the next batch must not have closed yet
         model.release.set()
@@ -114,10 +120,7 @@ def test_a_cancelled_caller_leaves_the_batch_and_others_are_answered():
     async def run():
         model = RecordingModel()
         batcher = Batcher(model.run_batch, max_batch_size=8, batch_wait_timeout_s=0.001)
-        model.release.clear()
-        busy = asyncio.create_task(batcher.submit(["a"]))
-        while not model.batches:
-            await asyncio.sleep(0.001)
+        busy = await _busy_with_a_first_batch(batcher, model)
         gone = asyncio.create_task(batcher.submit(["b"]))
         kept = asyncio.create_task(batcher.submit(["c"]))
         await asyncio.sleep(0.01)

@@ -296,6 +296,16 @@ def fixed_replicas(deployment: str, encoder_replicas: int) -> int:
     return 1  # Ingress and ScoreFusion: async, a few ms of CPU per request
 
 
+def graph_setting(args) -> str:
+    """How the graph's stages were scaled, for the report."""
+    threads = f"{args.torch_threads} torch thread(s) per encoder replica"
+    if not args.encoder_replicas:
+        return f"serve_config.yaml's autoscaling, {threads}"
+    counts = ", ".join(f"{name} {fixed_replicas(name, args.encoder_replicas)}"
+                       for name in ("VisionEncoder", "TextEncoder", "ImagePreprocessor", "Ingress", "ScoreFusion"))
+    return f"fixed replicas: {counts}; {threads}"
+
+
 def benchmark_graph(model: str, config: dict, chosen, args) -> list[dict]:
     app = config["applications"][0]
     app["args"] = {**app.get("args", {}), "device": args.device, "torch_threads": args.torch_threads,
@@ -454,13 +464,7 @@ def main() -> None:
 
     report = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
                          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}",
-              "graph_encoders": (f"{args.encoder_replicas} replica(s) of each encoder, "
-                                 f"{args.torch_threads} torch thread(s) each; "
-                                 + ", ".join(f"{name} {fixed_replicas(name, args.encoder_replicas)}"
-                                             for name in ("ImagePreprocessor", "Ingress", "ScoreFusion"))
-                                 if args.encoder_replicas else
-                                 f"serve_config.yaml's autoscaling, {args.torch_threads} torch thread(s) "
-                                 "per encoder replica"),
+              "graph_encoders": graph_setting(args),
               "preset": args.model or args.preset, "device": args.device, "duration_s": args.duration,
               "command": "python -m benchmarks.serving " + " ".join(sys.argv[1:]), "limit": limit, "rows": rows,
               "jpeg_draft": jpeg_draft_deviation(model, photos) if args.jpeg_draft else None,

@@ -77,7 +77,10 @@ class BatchingConfig(_Strict):
     """An encoder's dynamic batching, counted in items (images or texts), not requests."""
 
     max_batch_size: int = Field(32, ge=1, le=4096)
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+    batch_wait_timeout_s: float = Field(
+        0, ge=0, le=10, description="How long a batch that is not full waits for more items "
+        "before its forward pass. 0: none, as Triton's dynamic batcher by default; batches still "
+        "form under load, from whatever arrives during the previous forward pass.")
 
 
 class TextEncoderConfig(BatchingConfig):

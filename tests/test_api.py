@@ -262,19 +262,6 @@ def test_configured_batching_reaches_the_replicas(serve_url, serve_config, name)
     assert effective["max_ongoing_requests"] == configured["max_ongoing_requests"]
 
 
-def test_concurrent_single_image_requests_share_forward_passes(client):
-    """Dynamic batching across requests: 16 one-image requests at once need fewer passes."""
-    vision = serve.get_deployment_handle("VisionEncoder", APP)
-    before = vision.batch_stats.remote().result()["forward_passes"]
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(lambda i: client.post("/v1/embeddings", json={"input": [{"image": URIS[i % 4]}]}),
-                      range(16)))
-    after = vision.batch_stats.remote().result()["forward_passes"]
-    new_passes = {size: after.get(size, 0) - before.get(size, 0) for size in after}
-    assert sum(size * count for size, count in new_passes.items()) == 16
-    assert max(size for size, count in new_passes.items() if count) > 1
-
-
 def test_a_request_larger_than_max_batch_size_is_split_and_reassembled(client, reference, serve_config):
     """Ray refuses one call bigger than a batch; the encoder cuts it into batch-sized chunks."""
     vision_batch = next(d for d in serve_config["applications"][0]["deployments"]

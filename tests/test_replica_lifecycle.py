@@ -1,6 +1,7 @@
 """Serve's side of a replica's life, with our settings: a replica whose model can no longer
 compute fails `check_health` and is replaced; a replica stopped by a scale-down finishes the
-batches in flight within `graceful_shutdown_timeout_s`, and (the control) loses them without it.
+batches in flight within `graceful_shutdown_timeout_s`, and (the control) loses them without it;
+requests that arrive while a replica's forward pass runs share its next one.
 
 A copy of the app serves a VisionEncoder from tests/fault_injection.py (each forward pass takes
 2 s), with retries off so that a lost batch reaches the client instead of being re-sent."""
@@ -111,3 +112,19 @@ def test_replica_whose_model_breaks_fails_its_health_check_and_is_replaced(lifec
     print(f"\nbroken replica replaced after {replaced_s:.1f} s; healthy again after "
           f"{time.monotonic() - broken_at:.1f} s")
     _assert_all_correct(_embed_each(url), reference)
+
+
+def test_requests_arriving_during_a_forward_pass_share_the_next(lifecycle, reference):
+    """Batching across requests without a batch wait: the first request starts a 2 s forward
+    pass alone; the others, sent at the same moment, arrive during it and share the next."""
+    url, redeploy = lifecycle
+    redeploy(_vision_replicas(1))
+    wait_until_running(APP)
+    vision = serve.get_deployment_handle("VisionEncoder", APP)
+    before = vision.batch_stats.remote().result()["forward_passes"]
+    _assert_all_correct(_embed_each(url), reference)
+    after = vision.batch_stats.remote().result()["forward_passes"]
+    new_passes = {size: after[size] - before.get(size, 0) for size in after if after[size] > before.get(size, 0)}
+    assert sum(size * count for size, count in new_passes.items()) == len(URIS)
+    # Decoding all eight takes well under 2 s: at most one more pass for a straggler.
+    assert sum(new_passes.values()) <= 3, new_passes

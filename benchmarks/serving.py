@@ -222,8 +222,9 @@ def _cpu_ms_per_request(before: dict, after: dict, requests: int) -> dict[str, f
 def run_loads(system: str, base_url: str, chosen: list[Workload], args, rates: dict[str, float],
               cpu_seconds: Callable[[], dict], batch_stats: Callable[[], dict] | None = None) -> list[dict]:
     """Closed loops at each concurrency, then the open loop where `rates` names a rate. After
-    each point one more request must come back, so a backlog never leaks into the next point.
-    Each point also records the CPU time each process spent per answered request."""
+    each point one more request must come back and the server must fall idle, so a backlog
+    never leaks into the next point. Each point also records the CPU time each process spent
+    per answered request."""
     rows = []
     for workload in chosen:
         _post(base_url, workload, 10**7)  # unmeasured: pays for lazy set-up in every stage
@@ -244,9 +245,28 @@ def run_loads(system: str, base_url: str, chosen: list[Workload], args, rates: d
             if batch_stats:
                 row["mean_batch"] = _mean_batches(before, batch_stats())
             row["settled"] = _post(base_url, workload, 10**7 + 1)
+            row["idle_wait_s"] = wait_until_idle(cpu_seconds)
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "error_samples"}), flush=True)
     return rows
+
+
+def wait_until_idle(cpu_seconds: Callable[[], dict], busy_cores: float = 0.3, timeout_s: float = 120) -> float:
+    """Waits until the server's processes use less than `busy_cores` of CPU over a second, and
+    returns the seconds waited. The requests a point cut are cancelled, but forward passes they
+    started run on (a 64-text pass takes seconds on one thread) and would bill the next point:
+    in one run, image embeddings at one client paid 628 ms of TextEncoder CPU per request.
+    Ray's control plane alone uses about 0.15 of a core."""
+    started = time.monotonic()
+    previous = cpu_seconds()
+    while time.monotonic() - started < timeout_s:
+        time.sleep(1)
+        current = cpu_seconds()
+        used = sum(seconds - previous.get(pid, (role, 0.0))[1] for pid, (role, seconds) in current.items())
+        previous = current
+        if used < busy_cores:
+            break
+    return round(time.monotonic() - started, 1)
 
 
 def poisson_rates(rows: list[dict], fraction: float) -> dict[str, float]:

@@ -3,6 +3,8 @@ batch because label prompts repeat across classification requests."""
 
 from __future__ import annotations
 
+import asyncio
+
 from ray import serve
 
 from deployments.batching import BatchedEncoder
@@ -20,6 +22,10 @@ class TextEncoder(BatchedEncoder):
     def __init__(self, model: str, device: str, dtype: str, torch_threads: int | None):
         super().__init__(TextEncoderCore.from_pretrained(model, device, dtype), torch_threads)
         self._cache: LRUCache[str, Embeddings] = LRUCache(self.config.cache_size)
+        # Texts being encoded now: a request that needs one awaits it instead of encoding it
+        # again. Without this, a new label set sent by many clients at once (or reaching a new
+        # replica under load) was encoded once per request, all in the same batch.
+        self._in_flight: dict[str, asyncio.Task[dict[str, Embeddings]]] = {}
 
     def reconfigure(self, user_config: dict) -> None:
         super().reconfigure(user_config)
@@ -37,11 +43,26 @@ class TextEncoder(BatchedEncoder):
             self.metrics.cache_hits.inc(len(found) - len(missing))
         if missing:
             self.metrics.cache_misses.inc(len(missing))
-            computed = await self._encode_items(missing)
-            for text, embedding in zip(missing, computed.split([1] * len(missing))):
-                found[text] = embedding
-                self._cache.put(text, embedding)
+            new = [text for text in missing if text not in self._in_flight]
+            if new:
+                # A task of its own, so that a caller that goes away cancels none of it.
+                task = asyncio.create_task(self._encode_and_cache(new))
+                self._in_flight.update(dict.fromkeys(new, task))
+            tasks = {self._in_flight[text] for text in missing}
+            for computed in await asyncio.gather(*map(asyncio.shield, tasks)):
+                found.update(computed)
         return Embeddings.concatenate([found[text] for text in texts])
+
+    async def _encode_and_cache(self, texts: list[str]) -> dict[str, Embeddings]:
+        try:
+            computed = await self._encode_items(texts)
+        finally:
+            for text in texts:
+                del self._in_flight[text]
+        embeddings = dict(zip(texts, computed.split([1] * len(texts))))
+        for text, embedding in embeddings.items():
+            self._cache.put(text, embedding)
+        return embeddings
 
     @staticmethod
     def _merge(chunks: list[list[str]]) -> list[str]:

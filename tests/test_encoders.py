@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from transformers import AutoTokenizer
 
 from deployments.core.checkpoint import ImageSettings
 from deployments.core.encoders import Embeddings, TextEncoderCore, VisionEncoderCore
+from deployments.text_encoder import TextEncoder
 from tests.photos import data_uri, photos, preprocess
 
 ATOL = 1e-5
@@ -95,3 +98,43 @@ def test_self_test_fails_when_the_model_cannot_compute(tower_core, damage, tiny_
         weight.fill_(float("nan")) if damage == "nan" else weight.mul_(5)
     with pytest.raises(RuntimeError, match="non-finite" if damage == "nan" else "drifted"):
         core.self_test()
+
+
+# ---- the TextEncoder stage's cache, without Ray ------------------------------------------------
+
+@pytest.fixture
+def text_stage(tiny_checkpoint):
+    return TextEncoder.func_or_class(tiny_checkpoint, "cpu", "float32", None)
+
+
+def _texts_encoded(stage) -> int:
+    return sum(size * passes for size, passes in stage._batch_sizes.items())
+
+
+def test_concurrent_requests_for_the_same_new_texts_encode_each_once(text_stage, reference):
+    """A new label set sent by many clients at once: the first request encodes it, the others
+    await that instead of encoding it again in the same batch."""
+    texts = ["a label", "another label", "a label"]
+
+    async def five_requests():
+        return await asyncio.gather(*(text_stage.encode(texts) for _ in range(5)))
+
+    for embeddings in asyncio.run(five_requests()):
+        np.testing.assert_allclose(embeddings.vectors, reference.text_embeddings(texts), rtol=0, atol=1e-5)
+    assert _texts_encoded(text_stage) == 2
+
+
+def test_a_caller_that_goes_away_cancels_no_one_elses_texts(text_stage, reference):
+    texts = ["a label", "another label"]
+
+    async def first_cancelled():
+        first = asyncio.create_task(text_stage.encode(texts))
+        await asyncio.sleep(0)  # the first request's encoding is under way
+        second = asyncio.create_task(text_stage.encode(texts))
+        await asyncio.sleep(0)
+        first.cancel()
+        return await second
+
+    embeddings = asyncio.run(first_cancelled())
+    np.testing.assert_allclose(embeddings.vectors, reference.text_embeddings(texts), rtol=0, atol=1e-5)
+    assert _texts_encoded(text_stage) == 2 and text_stage.cache_stats()["entries"] == 2

@@ -144,8 +144,8 @@ _LIMIT_RATES = ("images_per_s", "texts_per_s", "images_per_s_one_thread")
 
 def mean_limit(before: dict, after: dict) -> dict:
     """The limit measured just before and just after the graph's points, averaged. A shared
-    machine's speed drifts: on ours the same command measured a limit of 4.28 to 5.11 images/s,
-    as much as the changes the efficiency is meant to judge."""
+    machine's speed drifts: on ours the limit measured 3.31 to 6.40 images/s in one day, and a
+    third apart within one five-minute run, more than the changes it is meant to judge."""
     rates = [key for key in _LIMIT_RATES if key in before]
     return {**before, **{key: (before[key] + after[key]) / 2 for key in rates},
             "before": {key: before[key] for key in rates}, "after": {key: after[key] for key in rates}}

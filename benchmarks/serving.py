@@ -209,13 +209,17 @@ def process_cpu_seconds(pid: int) -> Callable[[], dict[int, tuple[str, float]]]:
     return seconds
 
 
-def _cpu_ms_per_request(before: dict, after: dict, requests: int) -> dict[str, float]:
-    """Per role, the CPU its processes spent between the snapshots (a process started in
-    between counts from its start), per answered request."""
+def _cpu_used(before: dict, after: dict) -> Counter:
+    """Per role, the CPU seconds its processes spent between the snapshots (a process started
+    in between counts from its start)."""
     used: Counter = Counter()
     for pid, (role, seconds) in after.items():
         used[role] += seconds - before.get(pid, (role, 0.0))[1]
-    return {role: round(seconds / requests * 1e3) for role, seconds in used.most_common()
+    return used
+
+
+def _cpu_ms_per_request(before: dict, after: dict, requests: int) -> dict[str, float]:
+    return {role: round(seconds / requests * 1e3) for role, seconds in _cpu_used(before, after).most_common()
             if seconds > 0} if requests else {}
 
 
@@ -262,7 +266,7 @@ def wait_until_idle(cpu_seconds: Callable[[], dict], busy_cores: float = 0.3, ti
     while time.monotonic() - started < timeout_s:
         time.sleep(1)
         current = cpu_seconds()
-        used = sum(seconds - previous.get(pid, (role, 0.0))[1] for pid, (role, seconds) in current.items())
+        used = sum(_cpu_used(previous, current).values())
         previous = current
         if used < busy_cores:
             break

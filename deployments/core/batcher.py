@@ -3,8 +3,9 @@
 Why not Ray's `@serve.batch`: in Ray 2.60 it closes each batch when its wait ends and only then
 queues it for the "one batch at a time" semaphore (since ray-project/ray#53096). While a
 forward pass runs, the requests that arrive pile up as many one-item batches, each waiting its
-turn; on a busy replica every forward pass runs at batch size 1. Here one worker closes the next batch only when the previous
-one is done, so whatever queued during a forward pass goes into the next one together.
+turn; on a busy replica every forward pass runs at batch size 1. Here one worker closes the
+next batch only when the previous one is done, so whatever queued during a forward pass goes
+into the next one together.
 """
 
 from __future__ import annotations

@@ -41,13 +41,21 @@ def serve_locally(config: dict, model: str, num_cpus: int | None = None,
     try:
         client = serve_api.serve_start(http_options=config.http_options.model_dump(),
                                        proxy_location=config.proxy_location)
-        client.deploy_apps(config, _blocking=True)
-        for app in config.applications:
-            client._wait_for_application_running(app.name, timeout_s=timeout_s)
+        deploy_and_wait(client, config, timeout_s)
         yield f"http://127.0.0.1:{config.http_options.port}"
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def deploy_and_wait(client, config, timeout_s: float = 300) -> None:
+    """Sends the config to Serve's controller and waits until each of its apps runs.
+
+    Not `deploy_apps(_blocking=True)`: that gives up after a fixed 60 s, and a new app's
+    replicas took longer than that to start on a loaded 2-core CI machine."""
+    client.deploy_apps(config, _blocking=False)
+    for app in config.applications:
+        client._wait_for_application_running(app.name, timeout_s=timeout_s)
 
 
 def replica_states(app: str, deployment: str) -> dict[str, int]:

@@ -13,8 +13,9 @@ def _deploy(applications: list[dict]) -> None:
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    _get_global_client().deploy_apps(
-        ServeDeploySchema.model_validate({"applications": applications}), _blocking=True)
+    from deployments.local_cluster import deploy_and_wait
+
+    deploy_and_wait(_get_global_client(), ServeDeploySchema.model_validate({"applications": applications}))
 
 
 @contextmanager

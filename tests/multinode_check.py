@@ -28,7 +28,7 @@ def main(checkpoint: str) -> None:
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema
 
-    from deployments.local_cluster import free_port
+    from deployments.local_cluster import deploy_and_wait, free_port
     from tests.photos import data_uri, photos
     from tests.reference import Reference
 
@@ -48,8 +48,7 @@ def main(checkpoint: str) -> None:
     port = free_port()
     schema = ServeDeploySchema.model_validate({**config, "http_options": {"host": "127.0.0.1", "port": port}})
     client = serve_api.serve_start(http_options=schema.http_options.model_dump())
-    client.deploy_apps(schema, _blocking=True)
-    client._wait_for_application_running(app["name"], timeout_s=240)
+    deploy_and_wait(client, schema, timeout_s=240)
 
     nodes: dict[str, list[str]] = {}
     for actor in state.actors().values():

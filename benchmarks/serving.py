@@ -28,9 +28,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import httpx
 import numpy as np
@@ -342,19 +343,24 @@ def graph_setting(args) -> str:
     return f"fixed replicas: {counts}; {threads}"
 
 
-def benchmark_graph(model: str, config: dict, chosen, args) -> list[dict]:
+def configure_graph(config: dict, args) -> int | None:
+    """Sets the app's args and replica counts as `args` ask, in place; returns the CPUs Ray
+    may schedule."""
     app = config["applications"][0]
     app["args"] = {**app.get("args", {}), "device": args.device, "torch_threads": args.torch_threads,
                    "jpeg_draft": args.jpeg_draft}
-    ray_cpus = args.ray_cpus
-    if args.encoder_replicas:
-        for deployment in app["deployments"]:
-            deployment.pop("autoscaling_config", None)
-            deployment["num_replicas"] = fixed_replicas(deployment["name"], args.encoder_replicas)
-        # Vision and text replicas both get a thread per core and take turns on it: count
-        # each core twice so that Ray places them all.
-        ray_cpus = ray_cpus or 2 * os.cpu_count()
-    with serve_locally(config, model, num_cpus=ray_cpus) as url:
+    if not args.encoder_replicas:
+        return args.ray_cpus
+    for deployment in app["deployments"]:
+        deployment.pop("autoscaling_config", None)
+        deployment["num_replicas"] = fixed_replicas(deployment["name"], args.encoder_replicas)
+    # Vision and text replicas both get a thread per core and take turns on it: count
+    # each core twice so that Ray places them all.
+    return args.ray_cpus or 2 * os.cpu_count()
+
+
+def benchmark_graph(model: str, config: dict, chosen, args) -> list[dict]:
+    with serve_locally(config, model, num_cpus=configure_graph(config, args)) as url:
         rows = run_loads("graph", url, chosen, args, {}, ray_cpu_seconds, graph_batch_stats)
         if args.poisson_fraction > 0:
             rows += run_loads("graph", url, chosen, _only_open_loop(args),
@@ -366,7 +372,9 @@ def _only_open_loop(args):
     return argparse.Namespace(**{**vars(args), "concurrency": []})
 
 
-def benchmark_naive(model: str, chosen, args, rates) -> list[dict]:
+@contextmanager
+def naive_server(model: str) -> Iterator[tuple[str, int]]:
+    """Yields (base URL, pid) of benchmarks/naive_server.py, started and ready."""
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "benchmarks.naive_server", "--model", model,
                                "--port", str(port)], cwd=REPO)
@@ -378,10 +386,15 @@ def benchmark_naive(model: str, chosen, args, rates) -> list[dict]:
                 break
             except httpx.HTTPError:
                 time.sleep(0.5)
-        return run_loads("naive", url, chosen, args, rates, process_cpu_seconds(server.pid))
+        yield url, server.pid
     finally:
         server.kill()
         server.wait()
+
+
+def benchmark_naive(model: str, chosen, args, rates) -> list[dict]:
+    with naive_server(model) as (url, pid):
+        return run_loads("naive", url, chosen, args, rates, process_cpu_seconds(pid))
 
 
 def summarize(rows: list[dict], limits: dict[str, float], chosen: list[Workload], gpu_price: float) -> list[dict]:
@@ -454,6 +467,19 @@ def peer_rows(url: str, chosen: list[Workload], args) -> list[dict]:
     return run_loads("peer", url.rstrip("/"), embeddings_only, args, {}, dict)
 
 
+def machine() -> str:
+    return (f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+            f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}")
+
+
+def write_report(out: Path, stem: str, report: dict, text: str) -> None:
+    """`<stem>.json` and `<stem>.md` in `out`; the Markdown is printed too."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{stem}.md").write_text(text)
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="base", choices=["tiny", "base", "so400m"])
@@ -507,17 +533,12 @@ def main() -> None:
     if args.peer_url:
         rows += peer_rows(args.peer_url, chosen, args)
 
-    report = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-                         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}",
-              "graph_encoders": graph_setting(args),
+    report = {"machine": machine(), "graph_encoders": graph_setting(args),
               "preset": args.model or args.preset, "device": args.device, "duration_s": args.duration,
               "command": "python -m benchmarks.serving " + " ".join(sys.argv[1:]), "limit": limit, "rows": rows,
               "jpeg_draft": jpeg_draft_deviation(model, photos) if args.jpeg_draft else None,
               "summary": summarize(rows, limits, chosen, args.gpu_price)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serving.json").write_text(json.dumps(report, indent=2))
-    (args.out / "serving.md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.out, "serving", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 next to nothing (a 64-pixel PNG, a text the cache holds, labels the cache holds):
 
   floor  - the smallest Serve app (benchmarks/serve_floor.py), beside the graph on the same
-           cluster: the proxy to one replica, then the same plus one handle call
+           cluster: the proxy to one replica, the same reading a small body, the same plus
+           one handle call
   graph  - this graph, deployed from serve_config.yaml as benchmarks/serving.py runs it
   naive  - the one-process FastAPI server of benchmarks/naive_server.py
 
@@ -54,6 +55,7 @@ def requests() -> dict[str, tuple[str, dict | None]]:
 
 
 FLOOR_REQUESTS = {"proxy to one replica": ("/floor/health", None),
+                  "proxy to one replica, reading a small body": ("/floor/body", {"input": ["a photo of a cat"]}),
                   "proxy to one replica, one handle call": ("/floor/hop", None)}
 
 

@@ -1,8 +1,10 @@
 """The smallest Ray Serve app there is, for measuring what Serve itself costs per request:
-`GET /health` goes from the proxy to one replica, `GET /hop` adds one handle call to a second
-replica that returns at once. `benchmarks/hop_latency.py` deploys it beside the graph."""
+`GET /health` goes from the proxy to one replica, `POST /body` also reads a small body there
+(the replica fetches it from the proxy: one more round trip), `GET /hop` adds one handle call
+to a second replica that returns at once. `benchmarks/hop_latency.py` deploys it beside the
+graph."""
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from ray import serve
 
 api = FastAPI()
@@ -23,6 +25,10 @@ class Front:
     @api.get("/health")
     async def health(self) -> dict:
         return {"status": "ok"}
+
+    @api.post("/body")
+    async def body(self, request: Request) -> dict:
+        return {"bytes": len(await request.body())}
 
     @api.get("/hop")
     async def hop(self) -> dict:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import os
 import statistics
 import sys
 import time
@@ -31,8 +30,8 @@ import httpx
 import yaml
 from PIL import Image
 
-from benchmarks.serving import (REPO, configure_graph, machine, naive_server, ray_cpu_seconds,
-                                wait_until_idle, write_report)
+from benchmarks.serving import (REPO, add_graph_arguments, configure_graph, graph_setting, machine,
+                                naive_server, ray_cpu_seconds, wait_until_idle, write_report)
 from deployments.core.random_checkpoint import make_checkpoint
 from deployments.local_cluster import serve_locally
 
@@ -79,7 +78,8 @@ def time_requests(base_url: str, chosen: dict[str, tuple[str, dict | None]], cou
 
 def markdown(report: dict) -> str:
     lines = [f"Machine: {report['machine']}; checkpoint `{report['preset']}` (random weights); "
-             f"{report['requests']} sequential requests per row and round, {report['rounds']} rounds.", "",
+             f"graph: {report['graph_encoders']}; {report['requests']} sequential requests per row "
+             f"and round, {report['rounds']} rounds.", "",
              f"Command: `{report['command']}`", "",
              "| system | request | p50 ms | p50 per round |", "|---|---|---:|---|"]
     for row in report["rows"]:
@@ -94,14 +94,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40, help="timed requests per row and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    add_graph_arguments(parser)
     args = parser.parse_args()
 
     model = str(make_checkpoint(args.preset, REPO / "checkpoints" / args.preset))
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
-    # The graph as benchmarks/serving.py runs it on a CPU machine.
-    graph_args = argparse.Namespace(device="auto", torch_threads=1, jpeg_draft=False,
-                                    encoder_replicas=os.cpu_count(), ray_cpus=None)
-    ray_cpus = configure_graph(config, graph_args)
+    ray_cpus = configure_graph(config, args)  # as benchmarks/serving.py runs the graph
     config["applications"].append(FLOOR_APP)
     graph_requests = requests()
     naive_requests = {name: request for name, request in graph_requests.items() if request[1] is not None}
@@ -120,7 +118,8 @@ def main() -> None:
              "p50_ms": round(statistics.median([t for timings in rounds for t in timings]), 1),
              "p50_ms_per_round": [round(statistics.median(timings), 1) for timings in rounds]}
             for (system, name), rounds in samples.items()]
-    report = {"machine": machine(), "preset": args.preset, "requests": args.requests,
+    report = {"machine": machine(), "graph_encoders": graph_setting(args), "preset": args.preset,
+              "requests": args.requests,
               "rounds": args.rounds, "command": "python -m benchmarks.hop_latency " + " ".join(sys.argv[1:]),
               "rows": rows}
     write_report(args.out, "hop_latency", report, markdown(report))

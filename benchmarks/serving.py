@@ -343,6 +343,23 @@ def graph_setting(args) -> str:
     return f"fixed replicas: {counts}; {threads}"
 
 
+def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that `configure_graph` reads."""
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    on_cpu = not torch.cuda.is_available()
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch threads in each encoder replica of the graph")
+    parser.add_argument("--encoder-replicas", type=int, default=os.cpu_count() if on_cpu else None,
+                        help="a fixed replica count for each encoder of the graph, and fixed counts "
+                             "for the other stages (default: one per core on a CPU machine, where "
+                             "single-thread replicas waste the least CPU; serve_config.yaml's "
+                             "autoscaling on a GPU machine)")
+    parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs Ray may schedule (default: all)")
+    parser.add_argument("--jpeg-draft", action="store_true",
+                        help="run the graph with jpeg_draft (faster decode, off the reference; the "
+                             "report states by how much)")
+
+
 def configure_graph(config: dict, args) -> int | None:
     """Sets the app's args and replica counts as `args` ask, in place; returns the CPUs Ray
     may schedule."""
@@ -484,7 +501,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="base", choices=["tiny", "base", "so400m"])
     parser.add_argument("--model", help="an existing checkpoint instead of a generated preset")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--workloads", nargs="+", help="names to run (default: all)")
     parser.add_argument("--systems", nargs="+", default=["graph", "naive"], choices=["graph", "naive"])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
@@ -492,19 +508,8 @@ def main() -> None:
     parser.add_argument("--poisson-fraction", type=float, default=0.7,
                         help="open-loop rate as a fraction of the graph's best closed-loop request "
                              "rate, offered to every system (0 skips it)")
-    on_cpu = not torch.cuda.is_available()
-    parser.add_argument("--torch-threads", type=int, default=1,
-                        help="torch threads in each encoder replica of the graph")
-    parser.add_argument("--encoder-replicas", type=int, default=os.cpu_count() if on_cpu else None,
-                        help="a fixed replica count for each encoder of the graph, and fixed counts "
-                             "for the other stages (default: one per core on a CPU machine, where "
-                             "single-thread replicas waste the least CPU; serve_config.yaml's "
-                             "autoscaling on a GPU machine)")
-    parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs Ray may schedule (default: all)")
     parser.add_argument("--gpu-price", type=float, default=2.5, help="USD per GPU-hour, for cost per 1k images")
-    parser.add_argument("--jpeg-draft", action="store_true",
-                        help="run the graph with jpeg_draft (faster decode, off the reference; the "
-                             "report states by how much)")
+    add_graph_arguments(parser)
     parser.add_argument("--peer-url", help="an external OpenAI-compatible server, for embeddings")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()

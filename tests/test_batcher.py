@@ -143,3 +143,24 @@ def test_many_callers_each_get_their_own_result(max_batch_size):
 
     chunks, results = asyncio.run(run())
     assert results == ["+".join(chunk) for chunk in chunks]
+
+
+def test_a_caller_that_goes_away_while_its_batch_waits_for_company_leaves_it():
+    async def run():
+        model = RecordingModel()
+        batcher = Batcher(model.run_batch, max_batch_size=8, batch_wait_timeout_s=0.1)
+        gone = asyncio.create_task(batcher.submit(["a"]))
+        kept = asyncio.create_task(batcher.submit(["b"]))
+        await asyncio.sleep(0.02)  # both wait in the open batch
+        gone.cancel()
+        first = await kept
+        alone = asyncio.create_task(batcher.submit(["c"]))
+        await asyncio.sleep(0.02)
+        alone.cancel()  # its batch is left empty: it never runs
+        await asyncio.sleep(0.15)
+        later = await batcher.submit(["d"])
+        return first, later, model.batches
+
+    first, later, batches = asyncio.run(run())
+    assert (first, later) == ("b", "d")
+    assert batches == [[["b"]], [["d"]]]

@@ -72,8 +72,13 @@ class Batcher(Generic[Result]):
     async def _next_batch(self) -> list[_Pending]:
         loop = asyncio.get_running_loop()
         batch: list[_Pending] = []
-        size, deadline = 0, None
+        deadline = None
         while True:
+            # A caller that went away while the batch waited for company leaves it.
+            batch = [pending for pending in batch if not pending.future.cancelled()]
+            size = sum(len(pending.chunk) for pending in batch)
+            if not batch:
+                deadline = None
             while self._queue and (not batch or
                                    size + len(self._queue[0].chunk) <= self.max_batch_size):
                 pending = self._queue.popleft()

@@ -3,14 +3,13 @@ batch because label prompts repeat across classification requests."""
 
 from __future__ import annotations
 
-import asyncio
-
 from ray import serve
 
 from deployments.batching import BatchedEncoder
 from deployments.config import TextEncoderConfig
 from deployments.core.cache import LRUCache
 from deployments.core.encoders import Embeddings, TextEncoderCore
+from deployments.core.single_flight import SingleFlight
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
@@ -22,10 +21,9 @@ class TextEncoder(BatchedEncoder):
     def __init__(self, model: str, device: str, dtype: str, torch_threads: int | None):
         super().__init__(TextEncoderCore.from_pretrained(model, device, dtype), torch_threads)
         self._cache: LRUCache[str, Embeddings] = LRUCache(self.config.cache_size)
-        # Texts being encoded now: a request that needs one awaits it instead of encoding it
-        # again. Without this, a new label set sent by many clients at once (or reaching a new
-        # replica under load) was encoded once per request, all in the same batch.
-        self._in_flight: dict[str, asyncio.Task[dict[str, Embeddings]]] = {}
+        # Without this, a new label set sent by many clients at once (or reaching a new replica
+        # under load) was encoded once per request, all in the same batch.
+        self._in_flight: SingleFlight[str, Embeddings] = SingleFlight(self._encode_and_cache)
 
     def reconfigure(self, user_config: dict) -> None:
         super().reconfigure(user_config)
@@ -43,22 +41,11 @@ class TextEncoder(BatchedEncoder):
             self.metrics.cache_hits.inc(len(found) - len(missing))
         if missing:
             self.metrics.cache_misses.inc(len(missing))
-            new = [text for text in missing if text not in self._in_flight]
-            if new:
-                # A task of its own, so that a caller that goes away cancels none of it.
-                task = asyncio.create_task(self._encode_and_cache(new))
-                self._in_flight.update(dict.fromkeys(new, task))
-            tasks = {self._in_flight[text] for text in missing}
-            for computed in await asyncio.gather(*map(asyncio.shield, tasks)):
-                found.update(computed)
+            found.update(await self._in_flight.get(missing))
         return Embeddings.concatenate([found[text] for text in texts])
 
     async def _encode_and_cache(self, texts: list[str]) -> dict[str, Embeddings]:
-        try:
-            computed = await self._encode_items(texts)
-        finally:
-            for text in texts:
-                del self._in_flight[text]
+        computed = await self._encode_items(texts)
         embeddings = dict(zip(texts, computed.split([1] * len(texts))))
         for text, embedding in embeddings.items():
             self._cache.put(text, embedding)

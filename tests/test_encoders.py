@@ -138,3 +138,23 @@ def test_a_caller_that_goes_away_cancels_no_one_elses_texts(text_stage, referenc
     embeddings = asyncio.run(first_cancelled())
     np.testing.assert_allclose(embeddings.vectors, reference.text_embeddings(texts), rtol=0, atol=1e-5)
     assert _texts_encoded(text_stage) == 2 and text_stage.cache_stats()["entries"] == 2
+
+
+def test_texts_no_caller_waits_for_any_more_are_not_encoded(text_stage, reference):
+    """Clients that went away (a cut load test, a client timeout) leave no backlog behind."""
+    texts = ["a label", "another label"]
+    text_stage.reconfigure({"batch_wait_timeout_s": 0.2})  # the batch waits for company
+
+    async def leave_then_ask_again():
+        callers = [asyncio.create_task(text_stage.encode(texts)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        for caller in callers:
+            caller.cancel()
+        await asyncio.sleep(0.3)
+        encoded_for_no_one = _texts_encoded(text_stage)
+        return encoded_for_no_one, await text_stage.encode(texts)
+
+    encoded_for_no_one, embeddings = asyncio.run(leave_then_ask_again())
+    assert encoded_for_no_one == 0
+    np.testing.assert_allclose(embeddings.vectors, reference.text_embeddings(texts), rtol=0, atol=1e-5)
+    assert _texts_encoded(text_stage) == 2

@@ -149,9 +149,37 @@ def _to_wire(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     return vector.tolist()
 
 
-async def run_stage_calls(stage_calls: Callable[[], Sequence[Awaitable | None]],
-                          policy: RequestPolicy) -> list:
-    """Sends a request's stage calls and awaits them (None stays None), within the request
+class StageAttempt:
+    """The stage calls of one attempt at a request. Serve cancels a call whose caller goes
+    away, but not the calls whose results were handed to it as arguments (the preprocessor's
+    pixels to an encoder, the encoders' embeddings to ScoreFusion). So an attempt that is
+    abandoned (the client went away, the timeout passed, a stage failed) cancels every call it
+    sent: no stage works on for no one, and a burst of abandoned requests leaves no backlog."""
+
+    def __init__(self) -> None:
+        self._sent: list[DeploymentResponse] = []
+
+    def send(self, method: DeploymentHandle, *args) -> DeploymentResponse:
+        response = method.remote(*args)
+        self._sent.append(response)
+        return response
+
+    async def results(self, responses: Sequence[Awaitable | None]) -> list:
+        """The responses' results, in order (None stays None)."""
+        try:
+            done = iter(await asyncio.gather(*(r for r in responses if r is not None)))
+        except BaseException:  # CancelledError included: the client went away
+            for response in self._sent:
+                response.cancel()
+            raise
+        return [None if r is None else next(done) for r in responses]
+
+
+StageCalls = Callable[[StageAttempt], Sequence[Awaitable | None]]
+
+
+async def run_stage_calls(stage_calls: StageCalls, policy: RequestPolicy) -> list:
+    """Sends a request's stage calls through a StageAttempt and awaits them, within the request
     timeout. When a replica dies under them, all are sent again, from the first stage: the
     dead replica's results may be lost, and inference is idempotent. Stage errors become the
     client's ApiError."""
@@ -162,12 +190,11 @@ async def run_stage_calls(stage_calls: Callable[[], Sequence[Awaitable | None]],
                        type="timeout_error", code="timeout") from None
 
 
-async def _with_retries(stage_calls, policy: RequestPolicy) -> list:
+async def _with_retries(stage_calls: StageCalls, policy: RequestPolicy) -> list:
     for attempt in range(policy.retries + 1):
-        responses = stage_calls()
+        stage_attempt = StageAttempt()
         try:
-            done = iter(await asyncio.gather(*(r for r in responses if r is not None)))
-            return [None if r is None else next(done) for r in responses]
+            return await stage_attempt.results(stage_calls(stage_attempt))
         except Exception as error:
             if bad_image := _root_cause(error, ImageInputError):
                 raise ApiError(400, str(bad_image), param=bad_image.param, code="invalid_image") from None
@@ -209,22 +236,25 @@ class Ingress:
 
     # ---- stage calls ---------------------------------------------------------------------
 
-    def _encode_images(self, references: list[str], params: list[str]) -> list[DeploymentResponse]:
+    def _encode_images(self, attempt: StageAttempt, references: list[str],
+                       params: list[str]) -> list[DeploymentResponse]:
         """Embeddings of the images, in parts of `images_per_call`: a request's parts decode and
         encode in parallel, on as many replicas as there are. The unawaited pixels go straight
         from the preprocessor's replica to the encoder's."""
         step = self._policy.images_per_call
-        return [self._vision.encode.remote(self._preprocessor.preprocess.remote(
-                    references[start:start + step], params[start:start + step]))
+        return [attempt.send(self._vision.encode, attempt.send(
+                    self._preprocessor.preprocess, references[start:start + step],
+                    params[start:start + step]))
                 for start in range(0, len(references), step)]
 
-    def _encode_items(self, items: list[Item], is_image: list[bool], param: str):
+    def _encode_items(self, attempt: StageAttempt, items: list[Item], is_image: list[bool],
+                      param: str):
         """(image embedding parts, text embeddings or None), unawaited."""
         images = [i for i, flag in enumerate(is_image) if flag]
         texts = [_text(item) for item, flag in zip(items, is_image) if not flag]
-        image_parts = self._encode_images([items[i].image for i in images],
+        image_parts = self._encode_images(attempt, [items[i].image for i in images],
                                           [f"{param}[{i}]" for i in images])
-        text_embeddings = self._text.encode.remote(texts) if texts else None
+        text_embeddings = attempt.send(self._text.encode, texts) if texts else None
         return image_parts, text_embeddings
 
     def _check_model(self, requested: str | None) -> None:
@@ -249,8 +279,8 @@ class Ingress:
         is_image = [_image_reference(item) is not None for item in items]
         check_request_size(self._limits, images=sum(is_image),
                            texts=_texts_with_params(items, is_image, "input"))
-        def stage_calls():
-            image_parts, texts = self._encode_items(items, is_image, "input")
+        def stage_calls(attempt: StageAttempt):
+            image_parts, texts = self._encode_items(attempt, items, is_image, "input")
             return [texts, *image_parts]
 
         texts, *image_parts = await run_stage_calls(stage_calls, self._policy)
@@ -269,9 +299,9 @@ class Ingress:
         params = [f"input[{i}]" for i in range(len(references))]
         check_request_size(self._limits, images=len(references), labels=len(prompts),
                            texts=[(f"labels[{i}]", prompt) for i, prompt in enumerate(prompts)])
-        [(rankings, tokens)] = await run_stage_calls(lambda: [self._fusion.classify.remote(
-            self._text.encode.remote(prompts), body.top_k, *self._encode_images(references, params))],
-            self._policy)
+        [(rankings, tokens)] = await run_stage_calls(lambda attempt: [attempt.send(
+            self._fusion.classify, attempt.send(self._text.encode, prompts), body.top_k,
+            *self._encode_images(attempt, references, params))], self._policy)
         data = []
         for index, ranking in enumerate(rankings):
             predictions = [LabelScore(label=body.labels[r.index], score=r.score) for r in ranking]
@@ -289,11 +319,12 @@ class Ingress:
                            texts=query_texts + _texts_with_params(body.documents, is_image, "documents"),
                            documents=len(body.documents))
 
-        def stage_calls():
-            query = (self._encode_images([query_reference], ["query"])[0] if query_reference is not None
-                     else self._text.encode.remote([_text(body.query)]))
-            image_parts, texts = self._encode_items(body.documents, is_image, "documents")
-            return [self._fusion.rerank.remote(query, is_image, texts, body.top_n, *image_parts)]
+        def stage_calls(attempt: StageAttempt):
+            query = (self._encode_images(attempt, [query_reference], ["query"])[0]
+                     if query_reference is not None
+                     else attempt.send(self._text.encode, [_text(body.query)]))
+            image_parts, texts = self._encode_items(attempt, body.documents, is_image, "documents")
+            return [attempt.send(self._fusion.rerank, query, is_image, texts, body.top_n, *image_parts)]
 
         [(ranking, tokens)] = await run_stage_calls(stage_calls, self._policy)
         results = []

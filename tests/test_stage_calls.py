@@ -1,5 +1,6 @@
 """How the ingress turns stage failures into answers, without a cluster: retries after a
-replica death, 503 + Retry-After on backpressure, 504 on timeout, 400 on a bad image."""
+replica death, 503 + Retry-After on backpressure, 504 on timeout, 400 on a bad image; and
+abandoned requests cancel every stage call they sent."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ray.serve.exceptions import BackPressureError
 
 from deployments.core.images import ImageInputError
 from deployments.errors import ApiError
-from deployments.ingress import RequestPolicy, _api_error, run_stage_calls
+from deployments.ingress import RequestPolicy, StageAttempt, _api_error, run_stage_calls
 
 FAST = RequestPolicy(timeout_s=5, retries=2, retry_backoff_s=0.01)
 
@@ -21,7 +22,7 @@ def _calls(*outcomes):
     """A stage_calls factory whose n-th attempt returns outcomes[n] (an exception raises)."""
     attempts = []
 
-    def stage_calls():
+    def stage_calls(attempt):
         outcome = outcomes[min(len(attempts), len(outcomes) - 1)]
         attempts.append(outcome)
 
@@ -103,3 +104,59 @@ def test_a_replica_death_reported_by_serve_as_an_upstream_crash_is_retried():
     stage_calls, attempts = _calls(upstream_crash(), "scores")
     assert _run(stage_calls) == ["scores", None]
     assert len(attempts) == 2
+
+
+class FakeStage:
+    """A stage method: each `.remote()` call answers `value` after `seconds` and records
+    whether it was cancelled."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.cancelled: list[bool] = []
+
+    def remote(self, *args):
+        stage, index = self, len(self.cancelled)
+        self.cancelled.append(False)
+
+        class Call:
+            def __await__(self):
+                return asyncio.sleep(stage.seconds, args).__await__()
+
+            def cancel(self):
+                stage.cancelled[index] = True
+
+        return Call()
+
+
+def _pixels_then_embeddings(preprocess: FakeStage, encode: FakeStage):
+    """As the ingress chains them: the preprocessor's call is only an argument of the encoder's."""
+    def stage_calls(attempt: StageAttempt):
+        return [attempt.send(encode, attempt.send(preprocess, "image"))]
+    return stage_calls
+
+
+def test_a_request_whose_client_goes_away_cancels_every_stage_call_it_sent():
+    preprocess, encode = FakeStage(60), FakeStage(60)
+
+    async def client_goes_away():
+        request = asyncio.create_task(run_stage_calls(_pixels_then_embeddings(preprocess, encode), FAST))
+        await asyncio.sleep(0.01)
+        request.cancel()
+        await asyncio.gather(request, return_exceptions=True)
+
+    asyncio.run(client_goes_away())
+    assert preprocess.cancelled == [True] and encode.cancelled == [True]
+
+
+def test_a_request_past_its_timeout_cancels_every_stage_call_it_sent():
+    preprocess, encode = FakeStage(60), FakeStage(60)
+    with pytest.raises(ApiError):
+        _run(_pixels_then_embeddings(preprocess, encode), RequestPolicy(timeout_s=0.05, retries=0))
+    assert preprocess.cancelled == [True] and encode.cancelled == [True]
+
+
+def test_a_request_answered_cancels_nothing():
+    preprocess, encode = FakeStage(0), FakeStage(0)
+    [result] = _run(_pixels_then_embeddings(preprocess, encode))
+    assert len(result) == 1  # the encoder's args: the preprocessor's call
+    assert preprocess.cancelled == [False] and encode.cancelled == [False]

@@ -174,11 +174,14 @@ def limit_items_per_s(workload: Workload, limit: dict) -> float:
 
 
 def _post(base_url: str, workload: Workload, index: int, timeout_s: float = 300) -> bool:
-    """One request; False if it did not come back in time (a server still busy with a backlog)."""
+    """One request; False if it did not come back in time (a server still busy with a backlog),
+    by the client's timeout or by the server's own (504)."""
     try:
         response = httpx.post(base_url + workload.path, content=workload.make_body(index),
                               timeout=timeout_s, headers={"content-type": "application/json"})
     except httpx.TimeoutException:
+        return False
+    if response.status_code == 504:
         return False
     response.raise_for_status()
     return True

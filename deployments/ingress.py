@@ -151,8 +151,9 @@ def _to_wire(vector: np.ndarray, encoding_format: str) -> list[float] | str:
 
 class StageAttempt:
     """The stage calls of one attempt at a request. Serve cancels a call whose caller goes
-    away, but not the calls whose results were handed to it as arguments (the preprocessor's
-    pixels to an encoder, the encoders' embeddings to ScoreFusion). So an attempt that is
+    away, but not always the calls whose results were handed to it as arguments (the
+    preprocessor's pixels to an encoder, the encoders' embeddings to ScoreFusion): the
+    preprocessor went on decoding for clients that had gone. So an attempt that is
     abandoned (the client went away, the timeout passed, a stage failed) cancels every call it
     sent: no stage works on for no one, and a burst of abandoned requests leaves no backlog."""
 

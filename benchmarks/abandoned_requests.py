@@ -1,0 +1,80 @@
+"""What a burst of clients that give up leaves behind: `--clients` closed-loop clients send one
+workload for `--seconds`, then all disconnect at once; one more request is then timed, and
+each encoder's forward passes are counted from the disconnect until that request is answered
+and the encoders fall idle. Work done after the disconnect for anyone but that request was
+done for no one.
+
+    python -m benchmarks.abandoned_requests --workload image_embeddings_8
+
+The checkpoint has RANDOM weights (the hub cannot be reached): outputs are meaningless; only
+the timings and counts count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+import httpx
+import yaml
+
+from benchmarks.load import closed_loop
+from benchmarks.serving import (REPO, add_graph_arguments, configure_graph, graph_batch_stats,
+                                ray_cpu_seconds, realistic_jpegs, wait_until_idle, workloads)
+from deployments.core.random_checkpoint import make_checkpoint
+from deployments.local_cluster import serve_locally
+
+
+def items_encoded() -> dict[str, int | None]:
+    """Images or texts each encoder has run through its tower since it started, over replicas;
+    None where a replica could not be read."""
+    return {encoder: None if replicas is None else
+            sum(size * passes for counts in replicas.values() for size, passes in counts.items())
+            for encoder, replicas in graph_batch_stats().items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="base")
+    parser.add_argument("--workload", default="image_embeddings_8",
+                        choices=[w.name for w in workloads([""])])
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=8)
+    add_graph_arguments(parser)
+    args = parser.parse_args()
+
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    model = str(make_checkpoint(args.preset, REPO / "checkpoints" / args.preset))
+    workload = {w.name: w for w in workloads(realistic_jpegs())}[args.workload]
+
+    def post(index: int) -> httpx.Response:
+        return httpx.post(url + workload.path, content=workload.make_body(index), timeout=600,
+                          headers={"content-type": "application/json"})
+
+    with serve_locally(config, model, num_cpus=configure_graph(config, args)) as url:
+        post(10**8).raise_for_status()  # unmeasured: pays for lazy set-up in every stage
+        wait_until_idle(ray_cpu_seconds)
+        load = asyncio.run(closed_loop(url, workload.path, workload.make_body, args.clients,
+                                       args.seconds, drain_s=0))
+        at_disconnect = items_encoded()
+        started = time.perf_counter()
+        next_request = post(10**8 + 1)
+        next_request_s = time.perf_counter() - started
+        idle_after_s = wait_until_idle(ray_cpu_seconds, timeout_s=600)
+        after = items_encoded()
+    print(json.dumps({
+        "workload": args.workload, "preset": args.preset, "clients": args.clients,
+        "seconds_before_disconnect": args.seconds, "answered_before": len(load.latencies_s),
+        "disconnected": load.cut, "next_request_status": next_request.status_code,
+        "next_request_s": round(next_request_s, 1), "idle_after_s": round(idle_after_s, 1),
+        "encoded_after_disconnect": {encoder: None if None in (after[encoder], at_disconnect[encoder])
+                                     else after[encoder] - at_disconnect[encoder] for encoder in after},
+        "next_request_needs": {"VisionEncoder": workload.images_to_encode,
+                               "TextEncoder": workload.texts_to_encode},
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -17,13 +17,10 @@ import asyncio
 import json
 import time
 
-import httpx
-import yaml
-
 from benchmarks.load import closed_loop
-from benchmarks.serving import (REPO, add_graph_arguments, configure_graph, graph_batch_stats,
-                                ray_cpu_seconds, realistic_jpegs, wait_until_idle, workloads)
-from deployments.core.random_checkpoint import make_checkpoint
+from benchmarks.serving import (add_graph_arguments, configure_graph, graph_batch_stats,
+                                preset_checkpoint, ray_cpu_seconds, realistic_jpegs, send,
+                                serve_config, wait_until_idle, workloads)
 from deployments.local_cluster import serve_locally
 
 
@@ -45,22 +42,18 @@ def main() -> None:
     add_graph_arguments(parser)
     args = parser.parse_args()
 
-    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
-    model = str(make_checkpoint(args.preset, REPO / "checkpoints" / args.preset))
+    config = serve_config()
+    model = preset_checkpoint(args.preset)
     workload = {w.name: w for w in workloads(realistic_jpegs())}[args.workload]
 
-    def post(index: int) -> httpx.Response:
-        return httpx.post(url + workload.path, content=workload.make_body(index), timeout=600,
-                          headers={"content-type": "application/json"})
-
     with serve_locally(config, model, num_cpus=configure_graph(config, args)) as url:
-        post(10**8).raise_for_status()  # unmeasured: pays for lazy set-up in every stage
+        send(url, workload, 10**8, timeout_s=600).raise_for_status()  # unmeasured: pays for lazy set-up
         wait_until_idle(ray_cpu_seconds)
         load = asyncio.run(closed_loop(url, workload.path, workload.make_body, args.clients,
                                        args.seconds, drain_s=0))
         at_disconnect = items_encoded()
         started = time.perf_counter()
-        next_request = post(10**8 + 1)
+        next_request = send(url, workload, 10**8 + 1, timeout_s=600)
         next_request_s = time.perf_counter() - started
         idle_after_s = wait_until_idle(ray_cpu_seconds, timeout_s=600)
         after = items_encoded()

@@ -27,12 +27,11 @@ import time
 from pathlib import Path
 
 import httpx
-import yaml
 from PIL import Image
 
 from benchmarks.serving import (REPO, add_graph_arguments, configure_graph, graph_setting, machine,
-                                naive_server, ray_cpu_seconds, wait_until_idle, write_report)
-from deployments.core.random_checkpoint import make_checkpoint
+                                naive_server, preset_checkpoint, ray_cpu_seconds, serve_config,
+                                wait_until_idle, write_report)
 from deployments.local_cluster import serve_locally
 
 FLOOR_APP = {"name": "floor", "route_prefix": "/floor", "import_path": "benchmarks.serve_floor:app"}
@@ -97,8 +96,8 @@ def main() -> None:
     add_graph_arguments(parser)
     args = parser.parse_args()
 
-    model = str(make_checkpoint(args.preset, REPO / "checkpoints" / args.preset))
-    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    model = preset_checkpoint(args.preset)
+    config = serve_config()
     ray_cpus = configure_graph(config, args)  # as benchmarks/serving.py runs the graph
     config["applications"].append(FLOOR_APP)
     graph_requests = requests()

@@ -173,12 +173,17 @@ def limit_items_per_s(workload: Workload, limit: dict) -> float:
     return workload.items_per_request / seconds
 
 
+def send(base_url: str, workload: Workload, index: int, timeout_s: float) -> httpx.Response:
+    """The workload's `index`-th request, sent on its own."""
+    return httpx.post(base_url + workload.path, content=workload.make_body(index), timeout=timeout_s,
+                      headers={"content-type": "application/json"})
+
+
 def _post(base_url: str, workload: Workload, index: int, timeout_s: float = 300) -> bool:
     """One request; False if it did not come back in time (a server still busy with a backlog),
     by the client's timeout or by the server's own (504)."""
     try:
-        response = httpx.post(base_url + workload.path, content=workload.make_body(index),
-                              timeout=timeout_s, headers={"content-type": "application/json"})
+        response = send(base_url, workload, index, timeout_s)
     except httpx.TimeoutException:
         return False
     if response.status_code == 504:
@@ -487,6 +492,15 @@ def peer_rows(url: str, chosen: list[Workload], args) -> list[dict]:
     return run_loads("peer", url.rstrip("/"), embeddings_only, args, {}, dict)
 
 
+def preset_checkpoint(preset: str) -> str:
+    """A random-weight checkpoint of `preset`, generated once under checkpoints/."""
+    return str(make_checkpoint(preset, REPO / "checkpoints" / preset))
+
+
+def serve_config() -> dict:
+    return yaml.safe_load((REPO / "serve_config.yaml").read_text())
+
+
 def machine() -> str:
     return (f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
             f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}")
@@ -517,8 +531,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
 
-    model = args.model or str(make_checkpoint(args.preset, REPO / "checkpoints" / args.preset))
-    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    model = args.model or preset_checkpoint(args.preset)
+    config = serve_config()
     batching = {d["name"]: d.get("user_config", {}) for d in config["applications"][0]["deployments"]}
 
     def limit_now() -> dict:

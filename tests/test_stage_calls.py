@@ -107,7 +107,7 @@ def test_a_replica_death_reported_by_serve_as_an_upstream_crash_is_retried():
 
 
 class FakeStage:
-    """A stage method: each `.remote()` call answers `value` after `seconds` and records
+    """A stage method: each `.remote(*args)` call answers its args after `seconds` and records
     whether it was cancelled."""
 
     def __init__(self, seconds: float):

@@ -5,7 +5,7 @@ more is cancelled, so a burst of requests whose clients went away leaves no back
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Generic, Hashable, Iterable, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -16,7 +16,7 @@ V = TypeVar("V")
 class _Flight(Generic[K, V]):
     keys: list[K]
     task: asyncio.Task[dict[K, V]]
-    waiters: int = field(default=0)
+    waiters: int = 0
 
 
 class SingleFlight(Generic[K, V]):

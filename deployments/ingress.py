@@ -166,10 +166,14 @@ class StageAttempt:
         return response
 
     async def results(self, responses: Sequence[Awaitable | None]) -> list:
-        """The responses' results, in order (None stays None)."""
+        """The results of the responses, or of coroutines that send more calls through this
+        attempt, in order (None stays None)."""
+        tasks = [asyncio.ensure_future(r) for r in responses if r is not None]
         try:
-            done = iter(await asyncio.gather(*(r for r in responses if r is not None)))
+            done = iter(await asyncio.gather(*tasks))
         except BaseException:  # CancelledError included: the client went away
+            for task in tasks:  # so that no coroutine goes on to send a call
+                task.cancel()
             for response in self._sent:
                 response.cancel()
             raise

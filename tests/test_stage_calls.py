@@ -1,6 +1,6 @@
 """How the ingress turns stage failures into answers, without a cluster: retries after a
-replica death, 503 + Retry-After on backpressure, 504 on timeout, 400 on a bad image; and
-abandoned requests cancel every stage call they sent."""
+replica death, 503 + Retry-After on backpressure, 504 on timeout, 400 on a bad image;
+and abandoned requests cancel every stage call they sent, and send no more."""
 
 from __future__ import annotations
 
@@ -107,20 +107,23 @@ def test_a_replica_death_reported_by_serve_as_an_upstream_crash_is_retried():
 
 
 class FakeStage:
-    """A stage method: each `.remote(*args)` call answers its args after `seconds` and records
-    whether it was cancelled."""
+    """A stage method: each `.remote(*args)` call answers `answer(*args)` (by default, its args)
+    after `seconds`, and records its args and whether it was cancelled."""
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, answer=lambda *args: args):
         self.seconds = seconds
+        self.answer = answer
+        self.calls: list[tuple] = []
         self.cancelled: list[bool] = []
 
     def remote(self, *args):
         stage, index = self, len(self.cancelled)
+        self.calls.append(args)
         self.cancelled.append(False)
 
         class Call:
             def __await__(self):
-                return asyncio.sleep(stage.seconds, args).__await__()
+                return asyncio.sleep(stage.seconds, stage.answer(*args)).__await__()
 
             def cancel(self):
                 stage.cancelled[index] = True
@@ -160,3 +163,40 @@ def test_a_request_answered_cancels_nothing():
     [result] = _run(_pixels_then_embeddings(preprocess, encode))
     assert len(result) == 1  # the encoder's args: the preprocessor's call
     assert preprocess.cancelled == [False] and encode.cancelled == [False]
+
+
+def _texts_then_scores(encode_texts: FakeStage, fuse: FakeStage, preprocess: FakeStage | None = None):
+    """As classify sends them: the texts' embeddings are awaited before the fusion call is sent."""
+    def stage_calls(attempt: StageAttempt):
+        async def texts_then_scores():
+            labels = await attempt.send(encode_texts, ["a label"])
+            return await attempt.send(fuse, labels)
+        return [texts_then_scores(), attempt.send(preprocess, "image") if preprocess else None]
+    return stage_calls
+
+
+def test_a_request_whose_client_goes_away_before_its_texts_are_encoded_sends_no_more_calls():
+    encode_texts, fuse = FakeStage(0.2), FakeStage(0)
+
+    async def client_goes_away():
+        request = asyncio.create_task(run_stage_calls(_texts_then_scores(encode_texts, fuse), FAST))
+        await asyncio.sleep(0.01)
+        request.cancel()
+        await asyncio.gather(request, return_exceptions=True)
+        await asyncio.sleep(0.3)  # past the text call's answer
+
+    asyncio.run(client_goes_away())
+    assert encode_texts.cancelled == [True] and fuse.calls == []
+
+
+def test_a_stage_that_fails_while_texts_are_encoded_stops_the_request_sending_more_calls():
+    encode_texts, fuse = FakeStage(0.2), FakeStage(0)
+    bad_image = FakeStage(0, lambda *_: (_ for _ in ()).throw(ImageInputError("input[0]", "not an image")))
+
+    async def request_then_wait():
+        with pytest.raises(ApiError):
+            await run_stage_calls(_texts_then_scores(encode_texts, fuse, bad_image), FAST)
+        await asyncio.sleep(0.3)  # past the text call's answer
+
+    asyncio.run(request_then_wait())
+    assert encode_texts.cancelled == [True] and fuse.calls == []

@@ -23,11 +23,12 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.config import InputLimits
+from deployments.core.cache import LRUCache, get_or_compute
 from deployments.core.encoders import Embeddings
 from deployments.core.images import ImageInputError
 from deployments.errors import ApiError, error_response
 from deployments.gate import ApiKeys, GateSettings, RequestGate, check_request_size
-from deployments.metrics import stage_retries
+from deployments.metrics import TextCacheMetrics, stage_retries
 from deployments.protocol import (Classification, ClassifyRequest, ClassifyResponse,
                                   EmbeddingData, EmbeddingRequest, EmbeddingResponse, ErrorInfo,
                                   ErrorResponse, ImageItem, Item, LabelScore, ModelCard,
@@ -222,8 +223,8 @@ async def _with_retries(stage_calls: StageCalls, policy: RequestPolicy) -> list:
 @serve.ingress(app)
 class Ingress:
     def __init__(self, served_model_name: str, policy: RequestPolicy, limits: InputLimits,
-                 preprocessor: DeploymentHandle, vision: DeploymentHandle, text: DeploymentHandle,
-                 fusion: DeploymentHandle):
+                 text_cache_size: int, preprocessor: DeploymentHandle, vision: DeploymentHandle,
+                 text: DeploymentHandle, fusion: DeploymentHandle):
         self._model_name = served_model_name
         self._policy = policy
         self._limits = limits
@@ -234,6 +235,8 @@ class Ingress:
             logger.info("%d API key(s) configured: /v1 needs 'Authorization: Bearer <key>'.", len(api_keys))
         self.gate_settings = GateSettings(api_keys, limits.max_body_bytes)
         self._created = int(time.time())
+        self._text_cache: LRUCache[str, Embeddings] = LRUCache(text_cache_size,
+                                                               TextCacheMetrics().record)
         self._preprocessor = preprocessor
         self._vision = vision
         self._text = text
@@ -252,15 +255,24 @@ class Ingress:
                     params[start:start + step]))
                 for start in range(0, len(references), step)]
 
-    def _encode_items(self, attempt: StageAttempt, items: list[Item], is_image: list[bool],
-                      param: str):
-        """(image embedding parts, text embeddings or None), unawaited."""
+    async def _encode_texts(self, attempt: StageAttempt, texts: list[str]) -> Embeddings:
+        """Embeddings of the texts. Only those this replica has not kept go to the text
+        encoder: a classify with a known label set makes one stage call fewer, and on a GPU
+        cluster the text encoder's replicas are not woken, or scaled out, for cache lookups."""
+        async def encode(missing: list[str]) -> list[Embeddings]:
+            return (await attempt.send(self._text.encode, missing)).rows()
+
+        # Safe to keep per string: texts are padded to a fixed length, so an embedding does not
+        # depend on the texts that shared its batch.
+        return Embeddings.concatenate(await get_or_compute(self._text_cache, texts, encode))
+
+    def _encode_items(self, attempt: StageAttempt, items: Sequence[Item], is_image: list[bool],
+                      param: str) -> tuple[list[DeploymentResponse], list[str]]:
+        """(image embedding parts, unawaited; the texts, in order)."""
         images = [i for i, flag in enumerate(is_image) if flag]
         texts = [_text(item) for item, flag in zip(items, is_image) if not flag]
-        image_parts = self._encode_images(attempt, [items[i].image for i in images],
-                                          [f"{param}[{i}]" for i in images])
-        text_embeddings = attempt.send(self._text.encode, texts) if texts else None
-        return image_parts, text_embeddings
+        return self._encode_images(attempt, [items[i].image for i in images],
+                                   [f"{param}[{i}]" for i in images]), texts
 
     def _check_model(self, requested: str | None) -> None:
         if requested is not None and requested != self._model_name:
@@ -286,7 +298,7 @@ class Ingress:
                            texts=_texts_with_params(items, is_image, "input"))
         def stage_calls(attempt: StageAttempt):
             image_parts, texts = self._encode_items(attempt, items, is_image, "input")
-            return [texts, *image_parts]
+            return [self._encode_texts(attempt, texts) if texts else None, *image_parts]
 
         texts, *image_parts = await run_stage_calls(stage_calls, self._policy)
         images = Embeddings.concatenate(image_parts) if image_parts else None
@@ -304,9 +316,13 @@ class Ingress:
         params = [f"input[{i}]" for i in range(len(references))]
         check_request_size(self._limits, images=len(references), labels=len(prompts),
                            texts=[(f"labels[{i}]", prompt) for i, prompt in enumerate(prompts)])
-        [(rankings, tokens)] = await run_stage_calls(lambda attempt: [attempt.send(
-            self._fusion.classify, attempt.send(self._text.encode, prompts), body.top_k,
-            *self._encode_images(attempt, references, params))], self._policy)
+        async def classify_calls(attempt: StageAttempt):
+            image_parts = self._encode_images(attempt, references, params)
+            labels = await self._encode_texts(attempt, prompts)
+            return await attempt.send(self._fusion.classify, labels, body.top_k, *image_parts)
+
+        [(rankings, tokens)] = await run_stage_calls(lambda attempt: [classify_calls(attempt)],
+                                                     self._policy)
         data = []
         for index, ranking in enumerate(rankings):
             predictions = [LabelScore(label=body.labels[r.index], score=r.score) for r in ranking]
@@ -324,14 +340,19 @@ class Ingress:
                            texts=query_texts + _texts_with_params(body.documents, is_image, "documents"),
                            documents=len(body.documents))
 
-        def stage_calls(attempt: StageAttempt):
-            query = (self._encode_images(attempt, [query_reference], ["query"])[0]
-                     if query_reference is not None
-                     else attempt.send(self._text.encode, [_text(body.query)]))
+        async def rerank_calls(attempt: StageAttempt):
             image_parts, texts = self._encode_items(attempt, body.documents, is_image, "documents")
-            return [attempt.send(self._fusion.rerank, query, is_image, texts, body.top_n, *image_parts)]
+            if query_reference is not None:
+                query = self._encode_images(attempt, [query_reference], ["query"])[0]
+                documents = await self._encode_texts(attempt, texts) if texts else None
+            else:  # the query and the text documents in one call
+                query, documents = (await self._encode_texts(attempt, [_text(body.query), *texts])
+                                    ).split([1, len(texts)])
+            return await attempt.send(self._fusion.rerank, query, is_image,
+                                      documents if texts else None, body.top_n, *image_parts)
 
-        [(ranking, tokens)] = await run_stage_calls(stage_calls, self._policy)
+        [(ranking, tokens)] = await run_stage_calls(lambda attempt: [rerank_calls(attempt)],
+                                                    self._policy)
         results = []
         for ranked in ranking:
             document = body.documents[ranked.index] if body.return_documents else None

@@ -38,8 +38,19 @@ class EncoderMetrics(StageMetrics):
                                     description="Items (images or texts) per forward pass.")
         self.items_encoded = Counter("siglip_items_encoded",
                                      description="Images or texts run through the tower.")
-        self.cache_hits = Counter("siglip_text_cache_hits", description="Texts served from the cache.")
-        self.cache_misses = Counter("siglip_text_cache_misses", description="Texts not in the cache.")
+
+
+class TextCacheMetrics:
+    """Lookups in a text-embedding cache; the deployment tag tells Ingress's from the encoder's."""
+
+    def __init__(self) -> None:
+        self._hits = Counter("siglip_text_cache_hits", description="Texts served from the cache.")
+        self._misses = Counter("siglip_text_cache_misses", description="Texts not in the cache.")
+
+    def record(self, hits: int, misses: int) -> None:
+        for counter, count in ((self._hits, hits), (self._misses, misses)):
+            if count:  # Ray's counters refuse a zero increment
+                counter.inc(count)
 
 
 @functools.cache

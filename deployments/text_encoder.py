@@ -1,5 +1,6 @@
 """TextEncoder stage: strings in, unit text embeddings out, with an LRU cache in front of the
-batch because label prompts repeat across classification requests."""
+batch because label prompts repeat across classification requests. Each Ingress replica keeps a
+cache of its own in front of this one; this one serves all of them, and outlives them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from deployments.config import TextEncoderConfig
 from deployments.core.cache import LRUCache
 from deployments.core.encoders import Embeddings, TextEncoderCore
 from deployments.core.single_flight import SingleFlight
+from deployments.metrics import TextCacheMetrics
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
@@ -20,7 +22,8 @@ class TextEncoder(BatchedEncoder):
 
     def __init__(self, model: str, device: str, dtype: str, torch_threads: int | None):
         super().__init__(TextEncoderCore.from_pretrained(model, device, dtype), torch_threads)
-        self._cache: LRUCache[str, Embeddings] = LRUCache(self.config.cache_size)
+        self._cache: LRUCache[str, Embeddings] = LRUCache(self.config.cache_size,
+                                                          TextCacheMetrics().record)
         # Without this, a new label set sent by many clients at once (or reaching a new replica
         # under load) was encoded once per request, all in the same batch.
         self._in_flight: SingleFlight[str, Embeddings] = SingleFlight(self._encode_and_cache)
@@ -35,18 +38,14 @@ class TextEncoder(BatchedEncoder):
     async def _encode_request(self, texts: list[str]) -> Embeddings:
         # Safe to cache per string: every text is padded to the same fixed length, so its
         # embedding does not depend on the texts that share its batch.
-        found = {text: self._cache.get(text) for text in dict.fromkeys(texts)}
-        missing = [text for text, embedding in found.items() if embedding is None]
-        if len(found) > len(missing):  # Ray's counters refuse a zero increment
-            self.metrics.cache_hits.inc(len(found) - len(missing))
+        found, missing = self._cache.lookup(texts)
         if missing:
-            self.metrics.cache_misses.inc(len(missing))
             found.update(await self._in_flight.get(missing))
         return Embeddings.concatenate([found[text] for text in texts])
 
     async def _encode_and_cache(self, texts: list[str]) -> dict[str, Embeddings]:
         computed = await self._encode_items(texts)
-        embeddings = dict(zip(texts, computed.split([1] * len(texts))))
+        embeddings = dict(zip(texts, computed.rows()))
         for text, embedding in embeddings.items():
             self._cache.put(text, embedding)
         return embeddings

@@ -114,14 +114,20 @@ def test_classify_template_and_top_k(client, reference):
         np.testing.assert_allclose([p["score"] for p in item["predictions"]], row[best], rtol=0, atol=ATOL)
 
 
-def test_repeated_labels_come_from_the_text_cache(client):
+def test_repeated_labels_come_from_the_ingress_cache_and_never_reach_the_text_encoder(client, reference):
     text_encoder = serve.get_deployment_handle("TextEncoder", APP)
     labels = ["a label only this test uses", "and its sibling"]
-    client.post("/v1/classify", json={"input": URIS[:1], "labels": labels})
+    request = {"input": URIS[:1], "labels": labels}
     before = text_encoder.cache_stats.remote().result()
-    client.post("/v1/classify", json={"input": URIS[1:2], "labels": labels})
-    after = text_encoder.cache_stats.remote().result()
-    assert after["hits"] - before["hits"] == 2 and after["misses"] == before["misses"]
+    first = client.post("/v1/classify", json=request).json()
+    between = text_encoder.cache_stats.remote().result()
+    again = client.post("/v1/classify", json=request).json()
+    assert text_encoder.cache_stats.remote().result() == between
+    assert between["misses"] - before["misses"] == 2
+    assert (again["data"], again["usage"]) == (first["data"], first["usage"])
+    expected = reference.scores(RAWS[:1], [TEMPLATE.format(label) for label in labels])[0]
+    np.testing.assert_allclose([p["score"] for p in again["data"][0]["predictions"]],
+                               np.sort(expected)[::-1], rtol=0, atol=ATOL)
 
 
 # ---- rerank --------------------------------------------------------------------------------

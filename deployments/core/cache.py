@@ -1,19 +1,22 @@
-"""A bounded least-recently-used map; the text encoder keeps label and prompt embeddings in one,
-because classification sends the same label prompts over and over."""
+"""A bounded least-recently-used map. Text embeddings are kept in them, by each Ingress replica
+and by the text encoder, because classification sends the same label prompts over and over."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Generic, Hashable, TypeVar
+from typing import Awaitable, Callable, Generic, Hashable, Iterable, Sequence, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
 class LRUCache(Generic[K, V]):
-    def __init__(self, capacity: int):
+    """`on_lookup(hits, misses)` hears of each `lookup`, for metrics."""
+
+    def __init__(self, capacity: int, on_lookup: Callable[[int, int], None] = lambda hits, misses: None):
         self._entries: OrderedDict[K, V] = OrderedDict()
         self.capacity = capacity
+        self._on_lookup = on_lookup
         self.hits = 0
         self.misses = 0
 
@@ -29,6 +32,13 @@ class LRUCache(Generic[K, V]):
         self._entries.move_to_end(key)
         return value
 
+    def lookup(self, keys: Iterable[K]) -> tuple[dict[K, V], list[K]]:
+        """The values held for the distinct keys, and the distinct keys it lacks, in order."""
+        held = {key: self.get(key) for key in dict.fromkeys(keys)}
+        missing = [key for key, value in held.items() if value is None]
+        self._on_lookup(len(held) - len(missing), len(missing))
+        return {key: value for key, value in held.items() if value is not None}, missing
+
     def put(self, key: K, value: V) -> None:
         if self.capacity <= 0:
             return
@@ -40,3 +50,15 @@ class LRUCache(Generic[K, V]):
         self.capacity = capacity
         while len(self._entries) > max(capacity, 0):
             self._entries.popitem(last=False)
+
+
+async def get_or_compute(cache: LRUCache[K, V], keys: Sequence[K],
+                         compute: Callable[[list[K]], Awaitable[Sequence[V]]]) -> list[V]:
+    """The values of `keys` (repeats allowed). The distinct keys the cache lacks are computed
+    in one call, in order, and kept."""
+    found, missing = cache.lookup(keys)
+    if missing:
+        for key, value in zip(missing, await compute(missing), strict=True):
+            cache.put(key, value)
+            found[key] = value
+    return [found[key] for key in keys]

@@ -42,6 +42,9 @@ class Embeddings:
                 vectors[rows], tokens[rows] = part.vectors, part.tokens
         return cls(vectors, tokens)
 
+    def rows(self) -> list["Embeddings"]:
+        return self.split([1] * len(self))
+
     def split(self, sizes: list[int]) -> list["Embeddings"]:
         bounds = np.cumsum(sizes)[:-1]
         return [Embeddings(v, t) for v, t in zip(np.split(self.vectors, bounds),

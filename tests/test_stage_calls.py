@@ -138,16 +138,18 @@ def _pixels_then_embeddings(preprocess: FakeStage, encode: FakeStage):
     return stage_calls
 
 
+async def _client_goes_away(stage_calls, then_wait_s: float = 0) -> None:
+    """Starts the request, cancels it as Serve does when its client disconnects, then waits."""
+    request = asyncio.create_task(run_stage_calls(stage_calls, FAST))
+    await asyncio.sleep(0.01)
+    request.cancel()
+    await asyncio.gather(request, return_exceptions=True)
+    await asyncio.sleep(then_wait_s)
+
+
 def test_a_request_whose_client_goes_away_cancels_every_stage_call_it_sent():
     preprocess, encode = FakeStage(60), FakeStage(60)
-
-    async def client_goes_away():
-        request = asyncio.create_task(run_stage_calls(_pixels_then_embeddings(preprocess, encode), FAST))
-        await asyncio.sleep(0.01)
-        request.cancel()
-        await asyncio.gather(request, return_exceptions=True)
-
-    asyncio.run(client_goes_away())
+    asyncio.run(_client_goes_away(_pixels_then_embeddings(preprocess, encode)))
     assert preprocess.cancelled == [True] and encode.cancelled == [True]
 
 
@@ -177,15 +179,7 @@ def _texts_then_scores(encode_texts: FakeStage, fuse: FakeStage, preprocess: Fak
 
 def test_a_request_whose_client_goes_away_before_its_texts_are_encoded_sends_no_more_calls():
     encode_texts, fuse = FakeStage(0.2), FakeStage(0)
-
-    async def client_goes_away():
-        request = asyncio.create_task(run_stage_calls(_texts_then_scores(encode_texts, fuse), FAST))
-        await asyncio.sleep(0.01)
-        request.cancel()
-        await asyncio.gather(request, return_exceptions=True)
-        await asyncio.sleep(0.3)  # past the text call's answer
-
-    asyncio.run(client_goes_away())
+    asyncio.run(_client_goes_away(_texts_then_scores(encode_texts, fuse), then_wait_s=0.3))  # past the texts' answer
     assert encode_texts.cancelled == [True] and fuse.calls == []
 
 

@@ -47,13 +47,13 @@ def main() -> None:
     workload = {w.name: w for w in workloads(realistic_jpegs())}[args.workload]
 
     with serve_locally(config, model, num_cpus=configure_graph(config, args)) as url:
-        send(url, workload, 10**8, timeout_s=600).raise_for_status()  # unmeasured: pays for lazy set-up
+        send(url, workload, timeout_s=600).raise_for_status()  # unmeasured: pays for lazy set-up
         wait_until_idle(ray_cpu_seconds)
-        load = asyncio.run(closed_loop(url, workload.path, workload.make_body, args.clients,
+        load = asyncio.run(closed_loop(url, workload.path, workload.next_body, args.clients,
                                        args.seconds, drain_s=0))
         at_disconnect = items_encoded()
         started = time.perf_counter()
-        next_request = send(url, workload, 10**8 + 1, timeout_s=600)
+        next_request = send(url, workload, timeout_s=600)
         next_request_s = time.perf_counter() - started
         idle_after_s = wait_until_idle(ray_cpu_seconds, timeout_s=600)
         after = items_encoded()

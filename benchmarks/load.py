@@ -54,19 +54,18 @@ def _client(base_url: str, connections: int, timeout_s: float) -> httpx.AsyncCli
     return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout_s)
 
 
-async def closed_loop(base_url: str, path: str, make_body: Callable[[int], bytes], concurrency: int,
+async def closed_loop(base_url: str, path: str, next_body: Callable[[], bytes], concurrency: int,
                       duration_s: float, drain_s: float = 30, timeout_s: float = 120) -> LoadResult:
     """`concurrency` clients, each sending its next request as soon as the last one returns,
     for `duration_s`. Requests still in flight then get `drain_s` more; any left are cancelled
     (the client disconnects) and counted as `cut`, neither done nor failed."""
-    counter = iter(range(10**9))
     started = time.perf_counter()
     deadline = started + duration_s
     result = LoadResult(seconds=0)
     async with _client(base_url, concurrency, timeout_s) as client:
         async def worker():
             while time.perf_counter() < deadline:
-                await _send(client, path, make_body(next(counter)), result)
+                await _send(client, path, next_body(), result)
 
         workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
         _, unfinished = await asyncio.wait(workers, timeout=duration_s + drain_s)
@@ -78,7 +77,7 @@ async def closed_loop(base_url: str, path: str, make_body: Callable[[int], bytes
     return result
 
 
-async def open_loop(base_url: str, path: str, make_body: Callable[[int], bytes], rate_per_s: float,
+async def open_loop(base_url: str, path: str, next_body: Callable[[], bytes], rate_per_s: float,
                     duration_s: float, max_in_flight: int = 256, timeout_s: float = 120,
                     drain_s: float = 30, seed: int = 0) -> LoadResult:
     """Requests arrive as a Poisson process at `rate_per_s` for `duration_s`, whatever the
@@ -90,16 +89,14 @@ async def open_loop(base_url: str, path: str, make_body: Callable[[int], bytes],
     async with _client(base_url, max_in_flight, timeout_s) as client:
         started = time.perf_counter()
         next_arrival = started
-        index = 0
         while next_arrival < started + duration_s:
             await asyncio.sleep(max(0.0, next_arrival - time.perf_counter()))
             if len(tasks) >= max_in_flight:
                 result.record_error("dropped: too many requests in flight")
             else:
-                task = asyncio.create_task(_send(client, path, make_body(index), result))
+                task = asyncio.create_task(_send(client, path, next_body(), result))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-            index += 1
             next_arrival += rng.expovariate(rate_per_s)
         if tasks:
             _, unfinished = await asyncio.wait(set(tasks), timeout=drain_s)

@@ -1,6 +1,7 @@
 """Ingress stage: the HTTP API. Validates requests, fans work out to the other stages and
-assembles responses. Image pixels and embeddings flow between stages without visiting it,
-except where the response itself carries them (embeddings)."""
+assembles responses. Image pixels and image embeddings flow between stages without visiting
+it, except where the response itself carries them (embeddings). Text embeddings come back to it,
+to be kept: a known label set never reaches the text encoder again."""
 
 # No `from __future__ import annotations` here: FastAPI reads the route annotations at run time.
 import asyncio

@@ -18,18 +18,10 @@ import json
 import time
 
 from benchmarks.load import closed_loop
-from benchmarks.serving import (add_graph_arguments, configure_graph, graph_batch_stats,
-                                preset_checkpoint, ray_cpu_seconds, realistic_jpegs, send,
-                                serve_config, wait_until_idle, workloads)
+from benchmarks.serving import (add_graph_arguments, configure_graph, forward_passes_between,
+                                graph_batch_stats, preset_checkpoint, ray_cpu_seconds,
+                                realistic_jpegs, send, serve_config, wait_until_idle, workloads)
 from deployments.local_cluster import serve_locally
-
-
-def items_encoded() -> dict[str, int | None]:
-    """Images or texts each encoder has run through its tower since it started, over replicas;
-    None where a replica could not be read."""
-    return {encoder: None if replicas is None else
-            sum(size * passes for counts in replicas.values() for size, passes in counts.items())
-            for encoder, replicas in graph_batch_stats().items()}
 
 
 def main() -> None:
@@ -51,19 +43,20 @@ def main() -> None:
         wait_until_idle(ray_cpu_seconds)
         load = asyncio.run(closed_loop(url, workload.path, workload.next_body, args.clients,
                                        args.seconds, drain_s=0))
-        at_disconnect = items_encoded()
+        at_disconnect = graph_batch_stats()
         started = time.perf_counter()
         next_request = send(url, workload, timeout_s=600)
         next_request_s = time.perf_counter() - started
         idle_after_s = wait_until_idle(ray_cpu_seconds, timeout_s=600)
-        after = items_encoded()
+        after = graph_batch_stats()
     print(json.dumps({
         "workload": args.workload, "preset": args.preset, "clients": args.clients,
         "seconds_before_disconnect": args.seconds, "answered_before": len(load.latencies_s),
         "disconnected": load.cut, "next_request_status": next_request.status_code,
         "next_request_s": round(next_request_s, 1), "idle_after_s": round(idle_after_s, 1),
-        "encoded_after_disconnect": {encoder: None if None in (after[encoder], at_disconnect[encoder])
-                                     else after[encoder] - at_disconnect[encoder] for encoder in after},
+        "encoded_after_disconnect": {encoder: None if passes is None else
+                                     sum(size * count for size, count in passes.items())
+                                     for encoder, passes in forward_passes_between(at_disconnect, after).items()},
         "next_request_needs": {"VisionEncoder": workload.images_to_encode,
                                "TextEncoder": workload.texts_to_encode},
     }))

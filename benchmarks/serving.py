@@ -301,20 +301,28 @@ def poisson_rates(rows: list[dict], fraction: float) -> dict[str, float]:
     return {name: round(fraction * rate, 3) for name, rate in rates.items() if rate > 0}
 
 
-def _mean_batches(before: dict, after: dict) -> dict:
-    """Items per forward pass of each encoder between two `graph_batch_stats`, over its
-    replicas (a replica started in between counts from its start); None if none ran or a
+def forward_passes_between(before: dict, after: dict) -> dict[str, Counter | None]:
+    """Forward passes by batch size (in items) of each encoder between two `graph_batch_stats`,
+    over its replicas (a replica started in between counts from its start); None where a
     replica could not be read."""
-    means = {}
+    passes = {}
     for encoder, replicas in after.items():
         if replicas is None or before[encoder] is None:
-            means[encoder] = None
+            passes[encoder] = None
             continue
-        passes: Counter = Counter()
+        passes[encoder] = Counter()
         for replica, counts in replicas.items():
             for size, count in counts.items():
-                passes[size] += count - before[encoder].get(replica, {}).get(size, 0)
-        total = sum(passes.values())
+                passes[encoder][size] += count - before[encoder].get(replica, {}).get(size, 0)
+    return passes
+
+
+def _mean_batches(before: dict, after: dict) -> dict:
+    """Items per forward pass of each encoder between two `graph_batch_stats`; None if none ran
+    or a replica could not be read."""
+    means = {}
+    for encoder, passes in forward_passes_between(before, after).items():
+        total = sum(passes.values()) if passes is not None else 0
         means[encoder] = round(sum(size * count for size, count in passes.items()) / total, 2) if total else None
     return means
 

@@ -19,7 +19,10 @@ def load_image(raw: bytes) -> Image.Image:
 class Reference:
     def __init__(self, checkpoint: str):
         self.model = SiglipModel.from_pretrained(checkpoint, dtype=torch.float32).eval()
-        self.processor = AutoProcessor.from_pretrained(checkpoint)
+        # Pillow's resize, as the checkpoints were converted with. Where torchvision is
+        # installed, transformers 5 picks its torchvision backend instead, whose bicubic resize
+        # lands 1-2 levels off Pillow's for some pixels: past 1e-5 in the embeddings.
+        self.processor = AutoProcessor.from_pretrained(checkpoint, backend="pil")
 
     @torch.no_grad()
     def image_embeddings(self, raws: list[bytes]) -> np.ndarray:

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from PIL import Image
+from transformers.image_processing_backends import PilBackend
 
 from deployments.core.checkpoint import ImageSettings
 from deployments.core.encoders import VisionEncoderCore
@@ -32,6 +33,12 @@ def test_settings_come_from_the_checkpoint(settings, tiny_checkpoint):
     assert (settings.height, settings.width) == (64, 64)
     assert settings.resample == Image.Resampling.BICUBIC
     assert settings.image_mean == settings.image_std == (0.5, 0.5, 0.5)
+
+
+def test_the_reference_processor_resizes_with_pillow(reference):
+    """transformers 5 picks a torchvision processor wherever torchvision is installed; the
+    reference must stay the Pillow one, which the pixels below equal."""
+    assert isinstance(reference.processor.image_processor, PilBackend)
 
 
 @pytest.mark.parametrize("name,raw", PHOTOS, ids=[name for name, _ in PHOTOS])

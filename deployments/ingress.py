@@ -1,7 +1,9 @@
 """Ingress stage: the HTTP API. Validates requests, fans work out to the other stages and
-assembles responses. Image pixels and image embeddings flow between stages without visiting
-it, except where the response itself carries them (embeddings). Text embeddings come back to it,
-to be kept: a known label set never reaches the text encoder again."""
+assembles responses. Every stage call's result comes back to it and goes on by value, never
+as another call's unawaited argument: with those, Ray 2.60 killed an Ingress replica, and
+every request in it, when an encoder replica died under load (a failed reference count in
+Ray's dependency resolver; ray-project/ray#56123 is the same race, for cancels). Text
+embeddings that come back are kept: a known label set never reaches the text encoder again."""
 
 # No `from __future__ import annotations` here: FastAPI reads the route annotations at run time.
 import asyncio
@@ -152,12 +154,11 @@ def _to_wire(vector: np.ndarray, encoding_format: str) -> list[float] | str:
 
 
 class StageAttempt:
-    """The stage calls of one attempt at a request. Serve cancels a call whose caller goes
-    away, but not always the calls whose results were handed to it as arguments (the
-    preprocessor's pixels to an encoder, the encoders' embeddings to ScoreFusion): the
-    preprocessor went on decoding for clients that had gone. So an attempt that is
-    abandoned (the client went away, the timeout passed, a stage failed) cancels every call it
-    sent: no stage works on for no one, and a burst of abandoned requests leaves no backlog."""
+    """The stage calls of one attempt at a request. A request has several calls in flight at
+    once (its image parts, its texts), some in coroutines that send the next stage's call when
+    one answers. So an attempt that is abandoned (the client went away, the timeout passed, a
+    stage failed) cancels every call it sent and every coroutine that would send more: no stage
+    works on for no one, and a burst of abandoned requests leaves no backlog."""
 
     def __init__(self) -> None:
         self._sent: list[DeploymentResponse] = []
@@ -245,16 +246,18 @@ class Ingress:
 
     # ---- stage calls ---------------------------------------------------------------------
 
-    def _encode_images(self, attempt: StageAttempt, references: list[str],
-                       params: list[str]) -> list[DeploymentResponse]:
+    async def _encode_images(self, attempt: StageAttempt, references: list[str],
+                             params: list[str]) -> Embeddings:
         """Embeddings of the images, in parts of `images_per_call`: a request's parts decode and
-        encode in parallel, on as many replicas as there are. The unawaited pixels go straight
-        from the preprocessor's replica to the encoder's."""
+        encode in parallel, on as many replicas as there are."""
+        async def encode(start: int) -> Embeddings:
+            pixels = await attempt.send(self._preprocessor.preprocess, references[start:start + step],
+                                        params[start:start + step])
+            return await attempt.send(self._vision.encode, pixels)
+
         step = self._policy.images_per_call
-        return [attempt.send(self._vision.encode, attempt.send(
-                    self._preprocessor.preprocess, references[start:start + step],
-                    params[start:start + step]))
-                for start in range(0, len(references), step)]
+        return Embeddings.concatenate(
+            await attempt.results([encode(start) for start in range(0, len(references), step)]))
 
     async def _encode_texts(self, attempt: StageAttempt, texts: list[str]) -> Embeddings:
         """Embeddings of the texts. Only those this replica has not kept go to the text
@@ -268,10 +271,12 @@ class Ingress:
         return Embeddings.concatenate(await get_or_compute(self._text_cache, texts, encode))
 
     def _encode_items(self, attempt: StageAttempt, items: Sequence[Item], is_image: list[bool],
-                      param: str) -> tuple[list[DeploymentResponse], list[str]]:
-        """(image embedding parts, unawaited; the texts, in order)."""
+                      param: str) -> tuple[Awaitable[Embeddings] | None, list[str]]:
+        """(the image embeddings to await, None without images; the texts, in order)."""
         images = [i for i, flag in enumerate(is_image) if flag]
         texts = [_text(item) for item, flag in zip(items, is_image) if not flag]
+        if not images:
+            return None, texts
         return self._encode_images(attempt, [items[i].image for i in images],
                                    [f"{param}[{i}]" for i in images]), texts
 
@@ -298,11 +303,10 @@ class Ingress:
         check_request_size(self._limits, images=sum(is_image),
                            texts=_texts_with_params(items, is_image, "input"))
         def stage_calls(attempt: StageAttempt):
-            image_parts, texts = self._encode_items(attempt, items, is_image, "input")
-            return [self._encode_texts(attempt, texts) if texts else None, *image_parts]
+            images, texts = self._encode_items(attempt, items, is_image, "input")
+            return [images, self._encode_texts(attempt, texts) if texts else None]
 
-        texts, *image_parts = await run_stage_calls(stage_calls, self._policy)
-        images = Embeddings.concatenate(image_parts) if image_parts else None
+        images, texts = await run_stage_calls(stage_calls, self._policy)
         embeddings = Embeddings.interleave(is_image, images, texts)
         data = [EmbeddingData(index=i, embedding=_to_wire(vector, body.encoding_format))
                 for i, vector in enumerate(embeddings.vectors)]
@@ -318,9 +322,9 @@ class Ingress:
         check_request_size(self._limits, images=len(references), labels=len(prompts),
                            texts=[(f"labels[{i}]", prompt) for i, prompt in enumerate(prompts)])
         async def classify_calls(attempt: StageAttempt):
-            image_parts = self._encode_images(attempt, references, params)
-            labels = await self._encode_texts(attempt, prompts)
-            return await attempt.send(self._fusion.classify, labels, body.top_k, *image_parts)
+            images, labels = await attempt.results([self._encode_images(attempt, references, params),
+                                                    self._encode_texts(attempt, prompts)])
+            return await attempt.send(self._fusion.classify, labels, body.top_k, images)
 
         [(rankings, tokens)] = await run_stage_calls(lambda attempt: [classify_calls(attempt)],
                                                      self._policy)
@@ -342,15 +346,17 @@ class Ingress:
                            documents=len(body.documents))
 
         async def rerank_calls(attempt: StageAttempt):
-            image_parts, texts = self._encode_items(attempt, body.documents, is_image, "documents")
+            images, texts = self._encode_items(attempt, body.documents, is_image, "documents")
             if query_reference is not None:
-                query = self._encode_images(attempt, [query_reference], ["query"])[0]
-                documents = await self._encode_texts(attempt, texts) if texts else None
+                query, images, documents = await attempt.results([
+                    self._encode_images(attempt, [query_reference], ["query"]), images,
+                    self._encode_texts(attempt, texts) if texts else None])
             else:  # the query and the text documents in one call
-                query, documents = (await self._encode_texts(attempt, [_text(body.query), *texts])
-                                    ).split([1, len(texts)])
+                query_and_documents, images = await attempt.results([
+                    self._encode_texts(attempt, [_text(body.query), *texts]), images])
+                query, documents = query_and_documents.split([1, len(texts)])
             return await attempt.send(self._fusion.rerank, query, is_image,
-                                      documents if texts else None, body.top_n, *image_parts)
+                                      documents if texts else None, body.top_n, images)
 
         [(ranking, tokens)] = await run_stage_calls(lambda attempt: [rerank_calls(attempt)],
                                                     self._policy)

@@ -16,22 +16,17 @@ class ScoreFusion:
         self._params = LogitParams.from_pretrained(model)
         self._metrics = StageMetrics()
 
-    # Image embeddings come last, in parts: Serve resolves only top-level arguments, and a
-    # request's images are encoded in several calls.
     def classify(self, labels: Embeddings, top_k: int | None,
-                 *image_parts: Embeddings) -> tuple[list[list[scoring.Ranked]], int]:
+                 images: Embeddings) -> tuple[list[list[scoring.Ranked]], int]:
         """Each image's labels, ranked; and the tokens both towers spent."""
         with self._metrics.timed():
-            images = Embeddings.concatenate(image_parts)
             tokens = int(images.tokens.sum() + labels.tokens.sum())
             return scoring.classify(images, labels, self._params, top_k), tokens
 
     def rerank(self, query: Embeddings, document_is_image: list[bool],
                text_documents: Embeddings | None, top_n: int | None,
-               *image_document_parts: Embeddings) -> tuple[list[scoring.Ranked], int]:
+               image_documents: Embeddings | None) -> tuple[list[scoring.Ranked], int]:
         with self._metrics.timed():
-            image_documents = (Embeddings.concatenate(image_document_parts)
-                               if image_document_parts else None)
             documents = Embeddings.interleave(document_is_image, image_documents, text_documents)
             tokens = int(query.tokens.sum() + documents.tokens.sum())
             return scoring.rerank(query, documents, self._params, top_n), tokens

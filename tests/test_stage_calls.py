@@ -132,9 +132,12 @@ class FakeStage:
 
 
 def _pixels_then_embeddings(preprocess: FakeStage, encode: FakeStage):
-    """As the ingress chains them: the preprocessor's call is only an argument of the encoder's."""
+    """As the ingress sends them: the encoder's call goes out, with the pixels themselves, once
+    the preprocessor's answers."""
     def stage_calls(attempt: StageAttempt):
-        return [attempt.send(encode, attempt.send(preprocess, "image"))]
+        async def pixels_then_embeddings():
+            return await attempt.send(encode, await attempt.send(preprocess, "image"))
+        return [pixels_then_embeddings()]
     return stage_calls
 
 
@@ -147,23 +150,29 @@ async def _client_goes_away(stage_calls, then_wait_s: float = 0) -> None:
     await asyncio.sleep(then_wait_s)
 
 
-def test_a_request_whose_client_goes_away_cancels_every_stage_call_it_sent():
-    preprocess, encode = FakeStage(60), FakeStage(60)
+def test_a_request_whose_client_goes_away_while_its_images_decode_sends_no_encoder_call():
+    preprocess, encode = FakeStage(0.2), FakeStage(0)
+    asyncio.run(_client_goes_away(_pixels_then_embeddings(preprocess, encode), then_wait_s=0.3))
+    assert preprocess.cancelled == [True] and encode.calls == []
+
+
+def test_a_request_whose_client_goes_away_while_its_images_encode_cancels_every_call_it_sent():
+    preprocess, encode = FakeStage(0, lambda image: "pixels"), FakeStage(60)
     asyncio.run(_client_goes_away(_pixels_then_embeddings(preprocess, encode)))
-    assert preprocess.cancelled == [True] and encode.cancelled == [True]
+    assert encode.calls == [("pixels",)] and encode.cancelled == [True]
 
 
 def test_a_request_past_its_timeout_cancels_every_stage_call_it_sent():
-    preprocess, encode = FakeStage(60), FakeStage(60)
+    preprocess, encode = FakeStage(0), FakeStage(60)
     with pytest.raises(ApiError):
         _run(_pixels_then_embeddings(preprocess, encode), RequestPolicy(timeout_s=0.05, retries=0))
-    assert preprocess.cancelled == [True] and encode.cancelled == [True]
+    assert encode.cancelled == [True]
 
 
-def test_a_request_answered_cancels_nothing():
-    preprocess, encode = FakeStage(0), FakeStage(0)
+def test_a_request_answered_cancels_nothing_and_hands_each_stage_its_inputs_by_value():
+    preprocess, encode = FakeStage(0, lambda image: f"pixels of {image}"), FakeStage(0)
     [result] = _run(_pixels_then_embeddings(preprocess, encode))
-    assert len(result) == 1  # the encoder's args: the preprocessor's call
+    assert result == ("pixels of image",)  # the encoder's args: the pixels, not a call
     assert preprocess.cancelled == [False] and encode.cancelled == [False]
 
 

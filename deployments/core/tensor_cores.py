@@ -15,6 +15,7 @@ sums may change, so results move by rounding alone (at most 2e-7 in float32 on a
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -75,14 +76,20 @@ class FusedGeluMLP(nn.Module):
         return self.fc2(activated).view(*hidden_states.shape[:-1], -1)
 
 
+def _swap_modules(tower: nn.Module, matches: Callable[[nn.Module], bool],
+                  replacement: Callable[[nn.Module], nn.Module]) -> None:
+    for parent in list(tower.modules()):
+        for name, child in list(parent.named_children()):
+            if matches(child):
+                setattr(parent, name, replacement(child))
+
+
 def fuse_mlp_gelu(tower: nn.Module) -> None:
     """Swaps every tanh-GELU MLP for FusedGeluMLP. CUDA only: see the module's docstring."""
     if next(tower.parameters()).device.type != "cuda":
         raise ValueError("the fused GELU is CUDA's tanh approximation; elsewhere it is exact GELU")
-    for parent in list(tower.modules()):
-        for name, child in list(parent.named_children()):
-            if _is_mlp(child) and child.config.hidden_act == TANH_GELU:
-                setattr(parent, name, FusedGeluMLP(child.fc1, child.fc2))
+    _swap_modules(tower, lambda m: _is_mlp(m) and m.config.hidden_act == TANH_GELU,
+                  lambda mlp: FusedGeluMLP(mlp.fc1, mlp.fc2))
 
 
 class FusedQKVAttention(nn.Module):
@@ -108,10 +115,7 @@ class FusedQKVAttention(nn.Module):
 
 def fuse_qkv(tower: nn.Module) -> None:
     """Swaps every self-attention for FusedQKVAttention."""
-    for parent in list(tower.modules()):
-        for name, child in list(parent.named_children()):
-            if _is_self_attention(child):
-                setattr(parent, name, FusedQKVAttention(child))
+    _swap_modules(tower, _is_self_attention, FusedQKVAttention)
 
 
 REWRITES = {"pad_mlp": pad_mlps, "fused_gelu": fuse_mlp_gelu, "fused_qkv": fuse_qkv}

@@ -65,6 +65,28 @@ def test_the_fused_gelu_refuses_a_cpu_tower_where_its_gelu_would_be_exact(model)
 
 
 @pytest.mark.parametrize("core_class", [VisionEncoderCore, TextEncoderCore])
+def test_an_encoder_checks_its_rewrites_against_the_tower_they_replace(core_class, tiny_checkpoint,
+                                                                        monkeypatch):
+    core = core_class.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32")
+    assert core.rewrite(CPU_REWRITES)
+    assert any(isinstance(m, tensor_cores.FusedQKVAttention) for m in core.tower.modules())
+    core.self_test()  # the probe was taken again, from the rewritten tower
+
+    def wrong_scale(tower):  # what a transformers release that renamed `scale` could cause
+        for module in tower.modules():
+            if isinstance(module, tensor_cores.FusedQKVAttention):
+                module.scale *= 4
+
+    monkeypatch.setitem(tensor_cores.REWRITES, "wrong_scale", wrong_scale)
+    sample = (np.full((1, 64, 64, 3), 128, dtype=np.uint8) if core_class is VisionEncoderCore
+              else ["a cat"])
+    served, tower = core.encode(sample).vectors, core.tower
+    assert not core.rewrite(["wrong_scale"])
+    assert core.tower is tower  # the copy that failed the check is dropped
+    np.testing.assert_array_equal(core.encode(sample).vectors, served)
+
+
+@pytest.mark.parametrize("core_class", [VisionEncoderCore, TextEncoderCore])
 def test_a_cpu_encoder_serves_the_checkpoint_unchanged_and_without_graphs(core_class, tiny_checkpoint):
     core = core_class.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32")
     assert not any(isinstance(m, (tensor_cores.FusedQKVAttention, tensor_cores.FusedGeluMLP))

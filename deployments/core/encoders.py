@@ -3,6 +3,8 @@ embeddings out. The Ray deployments and the GPU benchmark both call these classe
 
 from __future__ import annotations
 
+import copy
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -14,6 +16,11 @@ import torch.nn.functional as F
 from deployments.core import tensor_cores
 from deployments.core.checkpoint import (ImageSettings, quiet_transformers, resolve_device,
                                          resolve_dtype, warn_if_random_weights)
+
+logger = logging.getLogger(__name__)
+# Outputs that move more than this are broken, not rounded: bfloat16 kernels that add in
+# another order move unit vectors by about 1e-3.
+DRIFT_TOLERANCE = 1e-2
 
 
 @dataclass
@@ -59,14 +66,13 @@ def _load_tower(tower_class, model: str, device: str, dtype: str):
         tower = tower_class.from_pretrained(model, attn_implementation="sdpa",
                                             dtype=resolve_dtype(dtype, resolved_device))
     warn_if_random_weights(tower.config)
-    tower = tower.to(resolved_device).eval()
-    if tower.device.type == "cuda":
-        tensor_cores.apply(tower, tensor_cores.CUDA_REWRITES)
-    return tower
+    return tower.to(resolved_device).eval()
 
 
 def _for_serving(core: "_EncoderCore") -> "_EncoderCore":
+    """On a GPU: the tensor-core rewrites, then CUDA graphs for small batches."""
     if core.device.type == "cuda":
+        core.rewrite(tensor_cores.CUDA_REWRITES)
         core.capture_cuda_graphs()
     return core
 
@@ -108,17 +114,44 @@ class _EncoderCore:
         self.tower = torch.compile(self.tower, dynamic=dynamic)
 
     @torch.inference_mode()
+    def rewrite(self, rewrites: Sequence[str]) -> bool:
+        """Swaps in a copy of the tower with tensor_cores rewrites applied, if it computes what
+        the tower computes. The rewrites are exact in arithmetic but lean on transformers'
+        module internals, which a transformers release could change: a copy whose output on a
+        sample batch moves beyond rounding is dropped, with an error logged, and the tower
+        serves as loaded. Returns whether the rewritten copy is in use."""
+        sample = self._sample_input()
+        expected = self._unit_vectors(sample)
+        original, self.tower = self.tower, copy.deepcopy(self.tower)
+        tensor_cores.apply(self.tower, list(rewrites))
+        drift = (self._unit_vectors(sample) - expected).abs().max().item()
+        if drift > DRIFT_TOLERANCE:
+            self.tower = original
+            logger.error("the rewrites %s moved the model's output by %.3g, so they do not fit "
+                         "this transformers version's modules; serving the model as loaded",
+                         list(rewrites), drift)
+            return False
+        self._remember_probe()
+        return True
+
+    @torch.inference_mode()
     def capture_cuda_graphs(self, batch_sizes: Sequence[int] | None = None) -> None:
         """Records the forward pass once per batch size (by default GRAPH_BATCH_SIZES) as a
         CUDA graph: a batch of a recorded size then runs as one launch instead of hundreds of
-        kernel launches. Other sizes run eagerly."""
+        kernel launches. Other sizes run eagerly, and so does every size if recording fails
+        (a driver or kernel that cannot be captured): graphs only save launch time."""
         batch_sizes = self.GRAPH_BATCH_SIZES if batch_sizes is None else batch_sizes
         if self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {self.device}")
         pool = torch.cuda.graph_pool_handle()
-        # Largest first, so that the smaller graphs reuse its memory from the shared pool.
-        for size in sorted(set(batch_sizes), reverse=True):
-            self._graphs[size] = _CudaGraphForward(self._unit_vectors, self._blank_input(size), pool)
+        try:
+            # Largest first, so that the smaller graphs reuse its memory from the shared pool.
+            for size in sorted(set(batch_sizes), reverse=True):
+                self._graphs[size] = _CudaGraphForward(self._unit_vectors, self._blank_input(size), pool)
+        except RuntimeError:
+            logger.exception("CUDA graphs could not be recorded on %s; every batch runs eagerly",
+                             self.device)
+            self._graphs.clear()
 
     @torch.inference_mode()
     def _encode_batch(self, batch: torch.Tensor) -> np.ndarray:
@@ -136,6 +169,10 @@ class _EncoderCore:
     def _blank_input(self, size: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def _sample_input(self) -> torch.Tensor:
+        """A fixed batch of varied inputs on the device, to compare two forms of the tower."""
+        raise NotImplementedError
+
     def _init_graphs(self) -> None:
         self._graphs, self._graph_lock = {}, threading.Lock()
 
@@ -147,7 +184,7 @@ class _EncoderCore:
         if not torch.isfinite(probe).all():
             raise RuntimeError(f"the model on {self.device} returns non-finite values")
         drift = (probe - self._probe_at_load).abs().max().item()
-        if drift > 1e-2:
+        if drift > DRIFT_TOLERANCE:
             raise RuntimeError(f"the model on {self.device} drifted by {drift:.3g} since load")
 
     def _remember_probe(self) -> None:
@@ -208,6 +245,11 @@ class VisionEncoderCore(_EncoderCore):
         shape = (size, self.settings.height, self.settings.width, 3)
         return torch.zeros(shape, dtype=torch.uint8, device=self.device)
 
+    def _sample_input(self) -> torch.Tensor:
+        shape = (2, self.settings.height, self.settings.width, 3)
+        generator = torch.Generator().manual_seed(0)
+        return torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator).to(self.device)
+
     def _unit_vectors(self, pixels: torch.Tensor) -> torch.Tensor:
         pooled = self.tower(pixel_values=self.normalize(pixels)).pooler_output
         return F.normalize(pooled.float(), dim=-1)
@@ -256,6 +298,11 @@ class TextEncoderCore(_EncoderCore):
 
     def _blank_input(self, size: int) -> torch.Tensor:
         return torch.full((size, self.max_length), self.tokenizer.pad_token_id, device=self.device)
+
+    def _sample_input(self) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(0)
+        shape = (2, self.max_length)
+        return torch.randint(0, self.tower.config.vocab_size, shape, generator=generator).to(self.device)
 
     def _unit_vectors(self, input_ids: torch.Tensor) -> torch.Tensor:
         # No attention mask, on purpose: the original text tower attends over the padding.

@@ -113,7 +113,6 @@ class _EncoderCore:
         batch size never stalls a live request on a recompile; False specializes per size."""
         self.tower = torch.compile(self.tower, dynamic=dynamic)
 
-    @torch.inference_mode()
     def rewrite(self, rewrites: Sequence[str]) -> bool:
         """Swaps in a copy of the tower with tensor_cores rewrites applied, if it computes what
         the tower computes. The rewrites are exact in arithmetic but lean on transformers'
@@ -121,10 +120,13 @@ class _EncoderCore:
         sample batch moves beyond rounding is dropped, with an error logged, and the tower
         serves as loaded. Returns whether the rewritten copy is in use."""
         sample = self._sample_input()
-        expected = self._unit_vectors(sample)
+        with torch.inference_mode():
+            expected = self._unit_vectors(sample)
+        # Outside inference mode, so that the copy's weights stay ordinary tensors.
         original, self.tower = self.tower, copy.deepcopy(self.tower)
         tensor_cores.apply(self.tower, list(rewrites))
-        drift = (self._unit_vectors(sample) - expected).abs().max().item()
+        with torch.inference_mode():
+            drift = (self._unit_vectors(sample) - expected).abs().max().item()
         if drift > DRIFT_TOLERANCE:
             self.tower = original
             logger.error("the rewrites %s moved the model's output by %.3g, so they do not fit "

@@ -137,11 +137,12 @@ class _EncoderCore:
         return True
 
     @torch.inference_mode()
-    def capture_cuda_graphs(self, batch_sizes: Sequence[int] | None = None) -> None:
+    def capture_cuda_graphs(self, batch_sizes: Sequence[int] | None = None) -> bool:
         """Records the forward pass once per batch size (by default GRAPH_BATCH_SIZES) as a
         CUDA graph: a batch of a recorded size then runs as one launch instead of hundreds of
         kernel launches. Other sizes run eagerly, and so does every size if recording fails
-        (a driver or kernel that cannot be captured): graphs only save launch time."""
+        (a driver or kernel that cannot be captured): graphs only save launch time. Returns
+        whether the graphs were recorded."""
         batch_sizes = self.GRAPH_BATCH_SIZES if batch_sizes is None else batch_sizes
         if self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {self.device}")
@@ -154,6 +155,8 @@ class _EncoderCore:
             logger.exception("CUDA graphs could not be recorded on %s; every batch runs eagerly",
                              self.device)
             self._graphs.clear()
+            return False
+        return True
 
     @torch.inference_mode()
     def _encode_batch(self, batch: torch.Tensor) -> np.ndarray:

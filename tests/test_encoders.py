@@ -100,6 +100,27 @@ def test_self_test_fails_when_the_model_cannot_compute(tower_core, damage, tiny_
         core.self_test()
 
 
+def test_a_batch_of_a_recorded_size_replays_its_graph_and_others_run_eagerly(tiny_checkpoint):
+    # CUDA graphs cannot be recorded on a CPU; a recorded one is stood in for by an object
+    # with the same `run`, which is all the dispatch uses.
+    core = TextEncoderCore.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32")
+    eager = core.encode(["a cat", "a dog", "a car"]).vectors
+
+    class RecordedGraph:
+        def __init__(self):
+            self.batches = []
+
+        def run(self, batch):
+            self.batches.append(batch)
+            return np.zeros((len(batch), eager.shape[1]), dtype=np.float32)
+
+    graph = core._graphs[2] = RecordedGraph()
+    assert not core.encode(["a cat", "a dog"]).vectors.any()  # the graph's output, not the tower's
+    assert [tuple(b.shape) for b in graph.batches] == [(2, core.max_length)]
+    np.testing.assert_array_equal(core.encode(["a cat", "a dog", "a car"]).vectors, eager)
+    assert len(graph.batches) == 1
+
+
 # ---- the TextEncoder stage's cache, without Ray ------------------------------------------------
 
 @pytest.fixture

@@ -97,3 +97,4 @@ def test_a_cpu_encoder_serves_the_checkpoint_unchanged_and_without_graphs(core_c
     sample = (np.zeros((2, 64, 64, 3), dtype=np.uint8) if core_class is VisionEncoderCore
               else ["a cat", "a dog"])
     assert core.encode(sample).vectors.shape[0] == 2
+

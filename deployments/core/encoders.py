@@ -119,7 +119,7 @@ class _EncoderCore:
         module internals, which a transformers release could change: a copy whose output on a
         sample batch moves beyond rounding is dropped, with an error logged, and the tower
         serves as loaded. Returns whether the rewritten copy is in use."""
-        sample = self._sample_input()
+        sample = self._sample_input(2)
         with torch.inference_mode():
             expected = self._unit_vectors(sample)
         # Outside inference mode, so that the copy's weights stay ordinary tensors.
@@ -150,7 +150,7 @@ class _EncoderCore:
         try:
             # Largest first, so that the smaller graphs reuse its memory from the shared pool.
             for size in sorted(set(batch_sizes), reverse=True):
-                self._graphs[size] = _CudaGraphForward(self._unit_vectors, self._blank_input(size), pool)
+                self._graphs[size] = _CudaGraphForward(self._unit_vectors, self._sample_input(size), pool)
         except RuntimeError:
             logger.exception("CUDA graphs could not be recorded on %s; every batch runs eagerly",
                              self.device)
@@ -171,11 +171,9 @@ class _EncoderCore:
         """The tower's pooled output, L2-normalized in float32, for inputs on its device."""
         raise NotImplementedError
 
-    def _blank_input(self, size: int) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _sample_input(self) -> torch.Tensor:
-        """A fixed batch of varied inputs on the device, to compare two forms of the tower."""
+    def _sample_input(self, size: int) -> torch.Tensor:
+        """A fixed batch of varied inputs on the device: to compare two forms of the tower, and
+        to record a graph with (whose input every replay overwrites)."""
         raise NotImplementedError
 
     def _init_graphs(self) -> None:
@@ -246,12 +244,8 @@ class VisionEncoderCore(_EncoderCore):
         return {"pixel_values": torch.zeros(1, 3, patch, patch, dtype=self.dtype, device=self.device),
                 "interpolate_pos_encoding": True}
 
-    def _blank_input(self, size: int) -> torch.Tensor:
+    def _sample_input(self, size: int) -> torch.Tensor:
         shape = (size, self.settings.height, self.settings.width, 3)
-        return torch.zeros(shape, dtype=torch.uint8, device=self.device)
-
-    def _sample_input(self) -> torch.Tensor:
-        shape = (2, self.settings.height, self.settings.width, 3)
         generator = torch.Generator().manual_seed(0)
         return torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator).to(self.device)
 
@@ -301,12 +295,9 @@ class TextEncoderCore(_EncoderCore):
         first_pad = torch.where(is_pad.any(dim=1), is_pad.int().argmax(dim=1), self.max_length - 1)
         return input_ids, (first_pad + 1).numpy().astype(np.int64)
 
-    def _blank_input(self, size: int) -> torch.Tensor:
-        return torch.full((size, self.max_length), self.tokenizer.pad_token_id, device=self.device)
-
-    def _sample_input(self) -> torch.Tensor:
+    def _sample_input(self, size: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(0)
-        shape = (2, self.max_length)
+        shape = (size, self.max_length)
         return torch.randint(0, self.tower.config.vocab_size, shape, generator=generator).to(self.device)
 
     def _unit_vectors(self, input_ids: torch.Tensor) -> torch.Tensor:

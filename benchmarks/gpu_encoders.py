@@ -3,8 +3,9 @@ TextEncoderCore (the code the deployments run), so400m shapes, bfloat16, batch s
 
     python benchmarks/gpu_encoders.py --out results/gpu_encoders.json
 
-Each layout (the checkpoint's own, and the tensor-core rewrites the deployments apply on a GPU)
-runs eagerly and as served (CUDA graphs for small batches), optionally under torch.compile.
+Each layout (the checkpoint's own, and "served": the rewrites the deployments apply to each
+tower on this device) runs eagerly and with CUDA graphs for small batches, as served, optionally
+under torch.compile.
 Beside the speed it reports how far each layout moves float32 outputs, how far bfloat16 moves
 classify scores from float32, and how far a CUDA graph's output is from the eager one's.
 
@@ -35,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deployments.core import scoring, tensor_cores  # noqa: E402
+from deployments.core import rewrites, scoring  # noqa: E402
 from deployments.core.checkpoint import ImageSettings, LogitParams  # noqa: E402
 from deployments.core.encoders import TextEncoderCore, VisionEncoderCore  # noqa: E402
 from deployments.core.images import prepare  # noqa: E402
@@ -132,14 +133,22 @@ def precision_drift(model_fp32, layout: str, tokenizer, settings: ImageSettings,
             "images": int(len(photos)), "labels": len(LABEL_PROMPTS)}
 
 
-def layout_rewrites(layout: str) -> list[str]:
-    """'checkpoint' (as loaded) or rewrites from tensor_cores.REWRITES joined by '+'."""
-    return [] if layout == "checkpoint" else layout.split("+")
+CORES = {"siglip_vision_model": VisionEncoderCore, "siglip_text_model": TextEncoderCore}
+
+
+def layout_rewrites(tower: torch.nn.Module, layout: str) -> list[str]:
+    """'checkpoint' (as loaded), 'served' (what the deployments apply to this tower on its
+    device) or rewrites from rewrites.REWRITES joined by '+'."""
+    if layout == "checkpoint":
+        return []
+    if layout == "served":
+        return CORES[tower.config.model_type].serving_rewrites(next(tower.parameters()).device)
+    return layout.split("+")
 
 
 def with_layout(tower: torch.nn.Module, layout: str) -> torch.nn.Module:
     tower = copy.deepcopy(tower)
-    tensor_cores.apply(tower, layout_rewrites(layout))
+    rewrites.apply(tower, layout_rewrites(tower, layout))
     return tower
 
 
@@ -190,9 +199,9 @@ def main() -> None:
     parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                         help="besides eager: as served, with CUDA graphs for small batches")
     parser.add_argument("--encoders", nargs="+", choices=["vision", "text"], default=["vision", "text"])
-    parser.add_argument("--layouts", nargs="+", default=["checkpoint", "+".join(tensor_cores.CUDA_REWRITES)],
-                        help="'checkpoint', or rewrites joined by '+' from: "
-                             + ", ".join(tensor_cores.REWRITES))
+    parser.add_argument("--layouts", nargs="+", default=["checkpoint", "served"],
+                        help="'checkpoint', 'served' (as the deployments rewrite each tower on "
+                             "this device), or rewrites joined by '+' from: " + ", ".join(rewrites.REWRITES))
     parser.add_argument("--no-drift", action="store_true", help="skip the bf16-vs-fp32 check")
     parser.add_argument("--sdpa", nargs="+", default=["default"],
                         choices=["default", "flash", "cudnn", "efficient"],

@@ -94,7 +94,7 @@ def test_self_test_fails_when_the_model_cannot_compute(tower_core, damage, tiny_
     core = core_class.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32")
     core.self_test()  # healthy: the probe matches the one taken at load
     with torch.no_grad():
-        weight = core.tower.encoder.layers[-1].mlp.fc2.weight
+        weight = core.tower.encoder.layers[0].mlp.fc2.weight
         weight.fill_(float("nan")) if damage == "nan" else weight.mul_(5)
     with pytest.raises(RuntimeError, match="non-finite" if damage == "nan" else "drifted"):
         core.self_test()

@@ -1,4 +1,4 @@
-"""The GPU rewrites of a tower change how it runs, never what it computes.
+"""The rewrites of a tower change how it runs, never what it computes.
 
 They are checked here in float32 on the CPU. The one that only exists on CUDA (the fused GELU)
 was checked on an H100: README's "One GPU, encoders alone" gives the figures.
@@ -13,10 +13,11 @@ import pytest
 import torch
 from transformers import SiglipModel
 
-from deployments.core import tensor_cores
+from deployments.core import rewrites
 from deployments.core.encoders import TextEncoderCore, VisionEncoderCore
 
-CPU_REWRITES = [name for name in tensor_cores.CUDA_REWRITES if name != "fused_gelu"]
+CPU_REWRITES = [name for name in rewrites.CUDA_REWRITES if name != "fused_gelu"]
+TEXT_REWRITES = ["last_position_only", *CPU_REWRITES]  # in the order a GPU text replica applies them
 
 
 @pytest.fixture(scope="module")
@@ -24,27 +25,44 @@ def model(tiny_checkpoint) -> SiglipModel:
     return SiglipModel.from_pretrained(tiny_checkpoint, attn_implementation="sdpa").eval()
 
 
-def _rewritten(tower: torch.nn.Module, rewrites: list[str]) -> torch.nn.Module:
+def _rewritten(tower: torch.nn.Module, chosen: list[str]) -> torch.nn.Module:
     tower = copy.deepcopy(tower)
-    tensor_cores.apply(tower, rewrites)
+    rewrites.apply(tower, chosen)
     return tower
 
 
-@pytest.mark.parametrize("rewrites", [["pad_mlp"], ["fused_qkv"], CPU_REWRITES])
-def test_rewritten_towers_compute_what_the_checkpoint_computes(model, rewrites):
+@pytest.mark.parametrize("chosen", [["pad_mlp"], ["fused_qkv"], CPU_REWRITES])
+def test_rewritten_towers_compute_what_the_checkpoint_computes(model, chosen):
     pixels = torch.rand(3, 3, 64, 64) * 2 - 1
     input_ids = torch.randint(0, model.config.text_config.vocab_size, (4, 64))
     with torch.inference_mode():
         for tower, inputs in ((model.vision_model, {"pixel_values": pixels}),
                               (model.text_model, {"input_ids": input_ids})):
             expected = tower(**inputs).pooler_output
-            got = _rewritten(tower, rewrites)(**inputs).pooler_output
+            got = _rewritten(tower, chosen)(**inputs).pooler_output
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_the_text_tower_computes_its_pooled_position_alone_in_its_last_layer(model):
+    input_ids = torch.randint(0, model.config.text_config.vocab_size, (4, 64))
+    input_ids[:, 10:] = 1  # padding, which the last position attends to like any other token
+    with torch.inference_mode():
+        expected = model.text_model(input_ids=input_ids).pooler_output
+        for chosen in (["last_position_only"], TEXT_REWRITES):
+            rewritten = _rewritten(model.text_model, chosen)(input_ids=input_ids)
+            torch.testing.assert_close(rewritten.pooler_output, expected, rtol=0, atol=1e-6)
+            assert rewritten.last_hidden_state.shape[1] == 1
+
+
+def test_only_a_text_tower_may_drop_positions(model):
+    # The vision tower's pooling head attends over every position.
+    with pytest.raises(ValueError, match="only a text tower"):
+        rewrites.last_position_only(copy.deepcopy(model.vision_model))
 
 
 def test_the_rewrites_reach_every_layer_and_the_pooling_head(model):
     tower = _rewritten(model.vision_model, CPU_REWRITES)
-    fused = [m for m in tower.modules() if isinstance(m, tensor_cores.FusedQKVAttention)]
+    fused = [m for m in tower.modules() if isinstance(m, rewrites.FusedQKVAttention)]
     assert len(fused) == model.config.vision_config.num_hidden_layers
     # tiny's MLPs are 64 wide: every one, the pooling head's too, is padded to 128.
     widths = {m.fc1.out_features for m in tower.modules() if hasattr(m, "fc1")}
@@ -55,13 +73,13 @@ def test_padding_refuses_an_activation_that_is_not_zero_at_zero(model):
     tower = copy.deepcopy(model.vision_model)
     tower.encoder.layers[0].mlp.activation_fn = torch.nn.Sigmoid()
     with pytest.raises(ValueError, match="f\\(0\\) = 0"):
-        tensor_cores.pad_mlps(tower)
+        rewrites.pad_mlps(tower)
 
 
 def test_the_fused_gelu_refuses_a_cpu_tower_where_its_gelu_would_be_exact(model):
     # On a CPU torch's fused op computes the erf GELU, not SigLIP's tanh approximation.
     with pytest.raises(ValueError, match="CUDA"):
-        tensor_cores.fuse_mlp_gelu(copy.deepcopy(model.vision_model))
+        rewrites.fuse_mlp_gelu(copy.deepcopy(model.vision_model))
 
 
 @pytest.mark.parametrize("core_class", [VisionEncoderCore, TextEncoderCore])
@@ -69,15 +87,15 @@ def test_an_encoder_checks_its_rewrites_against_the_tower_they_replace(core_clas
                                                                         monkeypatch):
     core = core_class.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32")
     assert core.rewrite(CPU_REWRITES)
-    assert any(isinstance(m, tensor_cores.FusedQKVAttention) for m in core.tower.modules())
+    assert any(isinstance(m, rewrites.FusedQKVAttention) for m in core.tower.modules())
     core.self_test()  # the probe was taken again, from the rewritten tower
 
     def wrong_scale(tower):  # what a transformers release that renamed `scale` could cause
         for module in tower.modules():
-            if isinstance(module, tensor_cores.FusedQKVAttention):
+            if isinstance(module, rewrites.FusedQKVAttention):
                 module.scale *= 4
 
-    monkeypatch.setitem(tensor_cores.REWRITES, "wrong_scale", wrong_scale)
+    monkeypatch.setitem(rewrites.REWRITES, "wrong_scale", wrong_scale)
     sample = (np.full((1, 64, 64, 3), 128, dtype=np.uint8) if core_class is VisionEncoderCore
               else ["a cat"])
     served, tower = core.encode(sample).vectors, core.tower
@@ -86,11 +104,24 @@ def test_an_encoder_checks_its_rewrites_against_the_tower_they_replace(core_clas
     np.testing.assert_array_equal(core.encode(sample).vectors, served)
 
 
+def test_a_rewritten_copy_shares_the_weights_it_does_not_rebuild(tiny_checkpoint):
+    # A large tower is not held twice while a replica loads.
+    core = VisionEncoderCore.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32")
+    loaded = {id(p) for p in core.tower.parameters()}
+    assert core.rewrite(["fused_qkv"])
+    built = {id(p) for m in core.tower.modules() if isinstance(m, rewrites.FusedQKVAttention)
+             for p in m.qkv_proj.parameters()}
+    kept = {id(p) for p in core.tower.parameters()} - built
+    assert built and kept and kept <= loaded
+
+
 @pytest.mark.parametrize("core_class", [VisionEncoderCore, TextEncoderCore])
-def test_a_cpu_encoder_serves_the_checkpoint_unchanged_and_without_graphs(core_class, tiny_checkpoint):
+def test_a_cpu_encoder_serves_without_tensor_core_rewrites_or_graphs(core_class, tiny_checkpoint):
     core = core_class.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32")
-    assert not any(isinstance(m, (tensor_cores.FusedQKVAttention, tensor_cores.FusedGeluMLP))
+    assert not any(isinstance(m, (rewrites.FusedQKVAttention, rewrites.FusedGeluMLP))
                    for m in core.tower.modules())
+    last_position_layers = [m for m in core.tower.modules() if isinstance(m, rewrites.LastPositionLayer)]
+    assert len(last_position_layers) == (core_class is TextEncoderCore)
     assert core._graphs == {}
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         core.capture_cuda_graphs()

@@ -1,7 +1,17 @@
-"""Rewrites of a SigLIP tower that change how it runs on GPU tensor cores, not what it computes.
+"""Rewrites of a SigLIP tower that change how it runs, not what it computes.
 
-Each one keeps every output the same in exact arithmetic; only the order of floating-point
-sums may change, so results move by rounding alone (at most 2e-7 in float32 on an H100).
+Each one keeps the pooled output the same in exact arithmetic; only the order of floating-point
+sums may change, so results move by rounding alone (at most 2e-7 in float32 on an H100). None
+changes a weight in place: each builds new modules, so a rewritten copy may share its weights
+with the tower it was copied from.
+
+On every device, for the text tower:
+
+- last_position_only: SigLIP's text pooling reads the last position of the last layer and
+  nothing else, so that layer runs its MLP for that position alone. Every position still
+  serves as a key and a value to its attention.
+
+On CUDA, for GPU tensor cores:
 
 - pad_mlp: so400m's MLP is 4304 wide, not a multiple of 128. Zero rows of fc1 give
   GELU(0) = 0, which meets zero columns of fc2.
@@ -118,7 +128,31 @@ def fuse_qkv(tower: nn.Module) -> None:
     _swap_modules(tower, _is_self_attention, FusedQKVAttention)
 
 
-REWRITES = {"pad_mlp": pad_mlps, "fused_gelu": fuse_mlp_gelu, "fused_qkv": fuse_qkv}
+class LastPositionLayer(nn.Module):
+    """An encoder layer whose output is the last position alone, as (batch, 1, width)."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                **kwargs) -> torch.Tensor:
+        layer = self.layer
+        attended, _ = layer.self_attn(layer.layer_norm1(hidden_states), attention_mask, **kwargs)
+        last = hidden_states[:, -1:] + attended[:, -1:]
+        return last + layer.mlp(layer.layer_norm2(last))
+
+
+def last_position_only(tower: nn.Module) -> None:
+    """Runs a text tower's last layer for the position it pools. The tower's last_hidden_state
+    then holds that position alone; its pooler_output is unchanged."""
+    if tower.config.model_type != "siglip_text_model":
+        raise ValueError(f"only a text tower pools its last position, not a {tower.config.model_type}")
+    tower.encoder.layers[-1] = LastPositionLayer(tower.encoder.layers[-1])
+
+
+REWRITES = {"last_position_only": last_position_only, "pad_mlp": pad_mlps,
+            "fused_gelu": fuse_mlp_gelu, "fused_qkv": fuse_qkv}
 # What a tower on a CUDA device gets. On an H100 (so400m, bfloat16) they took the vision
 # encoder from 605-634 to 650-668 images/s at batches of 32-256 (benchmarks/gpu_encoders.py).
 CUDA_REWRITES = ["pad_mlp", "fused_gelu", "fused_qkv"]

@@ -1,7 +1,8 @@
 """The rewrites of a tower change how it runs, never what it computes.
 
-They are checked here in float32 on the CPU. The one that only exists on CUDA (the fused GELU)
-was checked on an H100: README's "One GPU, encoders alone" gives the figures.
+They are checked here in float32 on the CPU, the GPU's as well. The fused GELU runs another
+kernel on CUDA (cuBLAS's epilogue, not oneDNN's); that one was checked on an H100: README's
+"One GPU, encoders alone" gives the figures.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from transformers import SiglipModel
 from deployments.core import rewrites
 from deployments.core.encoders import TextEncoderCore, VisionEncoderCore
 
-CPU_REWRITES = [name for name in rewrites.CUDA_REWRITES if name != "fused_gelu"]
-TEXT_REWRITES = ["last_position_only", *CPU_REWRITES]  # in the order a GPU text replica applies them
+# Everything a replica on a GPU applies, in its order.
+GPU_VISION_REWRITES = VisionEncoderCore.serving_rewrites(torch.device("cuda"))
+GPU_TEXT_REWRITES = TextEncoderCore.serving_rewrites(torch.device("cuda"))
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def _rewritten(tower: torch.nn.Module, chosen: list[str]) -> torch.nn.Module:
     return tower
 
 
-@pytest.mark.parametrize("chosen", [["pad_mlp"], ["fused_qkv"], CPU_REWRITES])
+@pytest.mark.parametrize("chosen", [["pad_mlp"], ["fused_qkv"], ["fused_gelu"], GPU_VISION_REWRITES])
 def test_rewritten_towers_compute_what_the_checkpoint_computes(model, chosen):
     pixels = torch.rand(3, 3, 64, 64) * 2 - 1
     input_ids = torch.randint(0, model.config.text_config.vocab_size, (4, 64))
@@ -48,7 +50,7 @@ def test_the_text_tower_computes_its_pooled_position_alone_in_its_last_layer(mod
     input_ids[:, 10:] = 1  # padding, which the last position attends to like any other token
     with torch.inference_mode():
         expected = model.text_model(input_ids=input_ids).pooler_output
-        for chosen in (["last_position_only"], TEXT_REWRITES):
+        for chosen in (["last_position_only"], GPU_TEXT_REWRITES):
             rewritten = _rewritten(model.text_model, chosen)(input_ids=input_ids)
             torch.testing.assert_close(rewritten.pooler_output, expected, rtol=0, atol=1e-6)
             assert rewritten.last_hidden_state.shape[1] == 1
@@ -61,9 +63,10 @@ def test_only_a_text_tower_may_drop_positions(model):
 
 
 def test_the_rewrites_reach_every_layer_and_the_pooling_head(model):
-    tower = _rewritten(model.vision_model, CPU_REWRITES)
-    fused = [m for m in tower.modules() if isinstance(m, rewrites.FusedQKVAttention)]
-    assert len(fused) == model.config.vision_config.num_hidden_layers
+    tower = _rewritten(model.vision_model, GPU_VISION_REWRITES)
+    layers = model.config.vision_config.num_hidden_layers
+    assert len([m for m in tower.modules() if isinstance(m, rewrites.FusedQKVAttention)]) == layers
+    assert len([m for m in tower.modules() if isinstance(m, rewrites.FusedGeluMLP)]) == layers + 1
     # tiny's MLPs are 64 wide: every one, the pooling head's too, is padded to 128.
     widths = {m.fc1.out_features for m in tower.modules() if hasattr(m, "fc1")}
     assert widths == {128}
@@ -76,17 +79,11 @@ def test_padding_refuses_an_activation_that_is_not_zero_at_zero(model):
         rewrites.pad_mlps(tower)
 
 
-def test_the_fused_gelu_refuses_a_cpu_tower_where_its_gelu_would_be_exact(model):
-    # On a CPU torch's fused op computes the erf GELU, not SigLIP's tanh approximation.
-    with pytest.raises(ValueError, match="CUDA"):
-        rewrites.fuse_mlp_gelu(copy.deepcopy(model.vision_model))
-
-
 @pytest.mark.parametrize("core_class", [VisionEncoderCore, TextEncoderCore])
 def test_an_encoder_checks_its_rewrites_against_the_tower_they_replace(core_class, tiny_checkpoint,
                                                                         monkeypatch):
     core = core_class.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32")
-    assert core.rewrite(CPU_REWRITES)
+    assert core.rewrite(["fused_qkv"])
     assert any(isinstance(m, rewrites.FusedQKVAttention) for m in core.tower.modules())
     core.self_test()  # the probe was taken again, from the rewritten tower
 
@@ -115,12 +112,24 @@ def test_a_rewritten_copy_shares_the_weights_it_does_not_rebuild(tiny_checkpoint
     assert built and kept and kept <= loaded
 
 
+def test_a_rewrite_that_fails_costs_only_itself(tiny_checkpoint, monkeypatch):
+    def missing_op(tower):  # what a torch build without oneDNN would give
+        raise RuntimeError("no such operator")
+
+    monkeypatch.setitem(rewrites.REWRITES, "fused_gelu", missing_op)
+    core = TextEncoderCore.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32")
+    assert not any(isinstance(m, rewrites.FusedGeluMLP) for m in core.tower.modules())
+    assert any(isinstance(m, rewrites.LastPositionLayer) for m in core.tower.modules())
+    assert core.encode(["a cat"]).vectors.shape[0] == 1
+
+
 @pytest.mark.parametrize("core_class", [VisionEncoderCore, TextEncoderCore])
 def test_a_cpu_encoder_serves_without_tensor_core_rewrites_or_graphs(core_class, tiny_checkpoint):
     core = core_class.from_pretrained(tiny_checkpoint, device="cpu", dtype="float32")
-    assert not any(isinstance(m, (rewrites.FusedQKVAttention, rewrites.FusedGeluMLP))
-                   for m in core.tower.modules())
-    last_position_layers = [m for m in core.tower.modules() if isinstance(m, rewrites.LastPositionLayer)]
+    modules = list(core.tower.modules())
+    assert not any(isinstance(m, rewrites.FusedQKVAttention) for m in modules)
+    assert any(isinstance(m, rewrites.FusedGeluMLP) for m in modules)
+    last_position_layers = [m for m in modules if isinstance(m, rewrites.LastPositionLayer)]
     assert len(last_position_layers) == (core_class is TextEncoderCore)
     assert core._graphs == {}
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):

@@ -60,7 +60,8 @@ class Embeddings:
                                                   np.split(self.tokens, bounds))]
 
 
-def _load_tower(tower_class, model: str, device: str, dtype: str):
+def load_tower(tower_class, model: str, device: str, dtype: str):
+    """A checkpoint's tower as it comes, on its device and in its dtype, before any rewrite."""
     resolved_device = resolve_device(device)
     with quiet_transformers():
         tower = tower_class.from_pretrained(model, attn_implementation="sdpa",
@@ -71,9 +72,8 @@ def _load_tower(tower_class, model: str, device: str, dtype: str):
 
 def _for_serving(core: "_EncoderCore") -> "_EncoderCore":
     """The tower's rewrites for its device, then, on a GPU, CUDA graphs for small batches."""
-    rewrites = core.serving_rewrites(core.device)
-    if rewrites:
-        core.rewrite(rewrites)
+    for rewrite in core.serving_rewrites(core.device):
+        core.rewrite([rewrite])  # one by one: a rewrite that does not fit costs only itself
     if core.device.type == "cuda":
         core.capture_cuda_graphs()
     return core
@@ -115,7 +115,7 @@ class _EncoderCore:
     @classmethod
     def serving_rewrites(cls, device: torch.device) -> list[str]:
         """The rewrites a replica applies to this kind of tower as it loads onto `device`."""
-        return cls.SERVING_REWRITES + (tower_rewrites.CUDA_REWRITES if device.type == "cuda" else [])
+        return (tower_rewrites.CUDA_REWRITES if device.type == "cuda" else []) + cls.SERVING_REWRITES
 
     def compile(self, dynamic: bool = True) -> None:
         """torch.compile the tower. dynamic=True compiles once for every batch size, so a new
@@ -125,9 +125,10 @@ class _EncoderCore:
     def rewrite(self, rewrites: Sequence[str]) -> bool:
         """Swaps in a copy of the tower with the named rewrites (deployments/core/rewrites.py)
         applied, if it computes what the tower computes. The rewrites are exact in arithmetic
-        but lean on transformers' module internals, which a transformers release could change:
-        a copy whose output on a sample batch moves beyond rounding is dropped, with an error
-        logged, and the tower serves as loaded. Returns whether the rewritten copy is in use."""
+        but lean on transformers' module internals and on torch ops that a release could
+        change: a copy that fails to build or to run, or whose output on a sample batch moves
+        beyond rounding, is dropped with an error logged, and the tower serves as it was.
+        Returns whether the rewritten copy is in use."""
         sample = self._sample_input(2)
         with torch.inference_mode():
             expected = self._unit_vectors(sample)
@@ -136,14 +137,17 @@ class _EncoderCore:
         # the rewrites build stay ordinary tensors.
         shared = {id(tensor): tensor for tensor in [*self.tower.parameters(), *self.tower.buffers()]}
         original, self.tower = self.tower, copy.deepcopy(self.tower, memo=shared)
-        tower_rewrites.apply(self.tower, list(rewrites))
-        with torch.inference_mode():
-            drift = (self._unit_vectors(sample) - expected).abs().max().item()
-        if drift > DRIFT_TOLERANCE:
+        try:
+            tower_rewrites.apply(self.tower, list(rewrites))
+            with torch.inference_mode():
+                drift = (self._unit_vectors(sample) - expected).abs().max().item()
+            problem = f"moved the model's output by {drift:.3g}" if drift > DRIFT_TOLERANCE else None
+        except (ValueError, RuntimeError, AttributeError) as error:  # e.g. an op this build lacks
+            problem = f"failed ({error})"
+        if problem:
             self.tower = original
-            logger.error("the rewrites %s moved the model's output by %.3g, so they do not fit "
-                         "this transformers version's modules; serving the model as loaded",
-                         list(rewrites), drift)
+            logger.error("the rewrites %s %s, so they do not fit this torch or transformers "
+                         "version; serving the model without them", list(rewrites), problem)
             return False
         self._remember_probe()
         return True
@@ -218,7 +222,7 @@ class VisionEncoderCore(_EncoderCore):
     # H100, so400m, bfloat16: a batch of 1 took 3.0 ms as a graph and 8.7 eagerly; from 8
     # images on, both took the same time (benchmarks/gpu_encoders.py).
     GRAPH_BATCH_SIZES = range(1, 9)
-    SERVING_REWRITES = []
+    SERVING_REWRITES = ["fused_gelu"]
 
     def __init__(self, tower: torch.nn.Module, settings: ImageSettings):
         """`tower` is a SiglipVisionModel (or SiglipModel.vision_model), already on its device
@@ -240,7 +244,7 @@ class VisionEncoderCore(_EncoderCore):
     def from_pretrained(cls, model: str, device: str = "auto", dtype: str = "auto"):
         from transformers import SiglipVisionModel
 
-        return _for_serving(cls(_load_tower(SiglipVisionModel, model, device, dtype),
+        return _for_serving(cls(load_tower(SiglipVisionModel, model, device, dtype),
                                 ImageSettings.from_pretrained(model)))
 
     def normalize(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -277,7 +281,7 @@ class TextEncoderCore(_EncoderCore):
     GRAPH_BATCH_SIZES = range(1, 17)
     # The last layer's MLP for the pooled position alone: 5.4% of base's FLOPs per text, 2.4%
     # of so400m's.
-    SERVING_REWRITES = ["last_position_only"]
+    SERVING_REWRITES = ["last_position_only", "fused_gelu"]
 
     def __init__(self, tower: torch.nn.Module, tokenizer):
         """`tower` is a SiglipTextModel (or SiglipModel.text_model), already on its device and
@@ -295,7 +299,7 @@ class TextEncoderCore(_EncoderCore):
     def from_pretrained(cls, model: str, device: str = "auto", dtype: str = "auto"):
         from transformers import AutoTokenizer, SiglipTextModel
 
-        return _for_serving(cls(_load_tower(SiglipTextModel, model, device, dtype),
+        return _for_serving(cls(load_tower(SiglipTextModel, model, device, dtype),
                                 AutoTokenizer.from_pretrained(model)))
 
     def _probe_input(self) -> dict[str, torch.Tensor | bool]:

@@ -5,20 +5,20 @@ sums may change, so results move by rounding alone (at most 2e-7 in float32 on a
 changes a weight in place: each builds new modules, so a rewritten copy may share its weights
 with the tower it was copied from.
 
-On every device, for the text tower:
+On every device:
 
-- last_position_only: SigLIP's text pooling reads the last position of the last layer and
-  nothing else, so that layer runs its MLP for that position alone. Every position still
-  serves as a key and a value to its attention.
+- last_position_only (text tower): SigLIP's text pooling reads the last position of the last
+  layer and nothing else, so that layer runs its MLP for that position alone. Every position
+  still serves as a key and a value to its attention.
+- fused_gelu: fc1's bias and GELU's tanh approximation, the one SigLIP uses, run in the
+  GEMM's epilogue: cuBLAS's on CUDA, a oneDNN post-op on a CPU. That saves a read and a write
+  of the widest activation per layer, and on a CPU it replaces torch's tanh-GELU kernel,
+  which took 4-10x as long as its erf GELU (torch 2.13, one thread, base's MLP shapes).
 
 On CUDA, for GPU tensor cores:
 
 - pad_mlp: so400m's MLP is 4304 wide, not a multiple of 128. Zero rows of fc1 give
-  GELU(0) = 0, which meets zero columns of fc2.
-- fused_gelu: fc1's bias and GELU run in cuBLAS's GEMM epilogue, which saves a read and a
-  write of the widest activation per layer. On CUDA that epilogue is GELU's tanh
-  approximation, the one SigLIP uses; on a CPU torch's same op computes the exact GELU, so
-  it is CUDA-only.
+  GELU(0) = 0, which meets zero columns of fc2. It must come before fused_gelu.
 - fused_qkv: the query, key and value projections run as one GEMM three times as wide.
 """
 
@@ -74,7 +74,7 @@ def pad_mlps(tower: nn.Module, multiple: int = 128) -> None:
 
 
 class FusedGeluMLP(nn.Module):
-    """fc1 -> tanh-GELU -> fc2, with fc1's bias and the GELU in the GEMM's epilogue (CUDA)."""
+    """fc1 -> tanh-GELU -> fc2, with fc1's bias and the GELU in the GEMM's epilogue."""
 
     def __init__(self, fc1: nn.Linear, fc2: nn.Linear):
         super().__init__()
@@ -82,7 +82,11 @@ class FusedGeluMLP(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         rows = hidden_states.reshape(-1, hidden_states.shape[-1])
-        activated = torch._addmm_activation(self.fc1.bias, rows, self.fc1.weight.t(), use_gelu=True)
+        if rows.is_cuda:  # on a CPU this op's GELU is the exact (erf) one
+            activated = torch._addmm_activation(self.fc1.bias, rows, self.fc1.weight.t(), use_gelu=True)
+        else:
+            activated = torch.ops.mkldnn._linear_pointwise(rows, self.fc1.weight, self.fc1.bias,
+                                                           "gelu", [], "tanh")
         return self.fc2(activated).view(*hidden_states.shape[:-1], -1)
 
 
@@ -95,9 +99,10 @@ def _swap_modules(tower: nn.Module, matches: Callable[[nn.Module], bool],
 
 
 def fuse_mlp_gelu(tower: nn.Module) -> None:
-    """Swaps every tanh-GELU MLP for FusedGeluMLP. CUDA only: see the module's docstring."""
-    if next(tower.parameters()).device.type != "cuda":
-        raise ValueError("the fused GELU is CUDA's tanh approximation; elsewhere it is exact GELU")
+    """Swaps every tanh-GELU MLP for FusedGeluMLP: on CUDA, or on a CPU with oneDNN."""
+    device = next(tower.parameters()).device.type
+    if device not in ("cuda", "cpu") or (device == "cpu" and not torch.backends.mkldnn.is_available()):
+        raise ValueError(f"no fused tanh-GELU GEMM on {device} in this torch build")
     _swap_modules(tower, lambda m: _is_mlp(m) and m.config.hidden_act == TANH_GELU,
                   lambda mlp: FusedGeluMLP(mlp.fc1, mlp.fc2))
 
@@ -153,9 +158,10 @@ def last_position_only(tower: nn.Module) -> None:
 
 REWRITES = {"last_position_only": last_position_only, "pad_mlp": pad_mlps,
             "fused_gelu": fuse_mlp_gelu, "fused_qkv": fuse_qkv}
-# What a tower on a CUDA device gets. On an H100 (so400m, bfloat16) they took the vision
-# encoder from 605-634 to 650-668 images/s at batches of 32-256 (benchmarks/gpu_encoders.py).
-CUDA_REWRITES = ["pad_mlp", "fused_gelu", "fused_qkv"]
+# What a tower on a CUDA device gets before the rewrites of every device. On an H100 (so400m,
+# bfloat16) these two and fused_gelu took the vision encoder from 605-634 to 650-668 images/s
+# at batches of 32-256 (benchmarks/gpu_encoders.py).
+CUDA_REWRITES = ["pad_mlp", "fused_qkv"]
 
 
 def apply(tower: nn.Module, rewrites: list[str]) -> None:

@@ -1,7 +1,7 @@
 """The encoders as a replica serves them (with the rewrites of deployments/core/rewrites.py)
-against the same encoders on the towers as the checkpoint comes, in one process, on the CPU by
-default. The two take turns call by call and CPU time is counted, so that a shared machine's
-drift, which moves whole runs by 20%, falls on both alike.
+against the same encoders on the towers as the checkpoint comes, in one process, on the CPU
+(benchmarks/gpu_encoders.py is the GPU's). The two take turns call by call and CPU time is
+counted, so that a shared machine's drift, which moves whole runs by 20%, falls on both alike.
 
     python -m benchmarks.served_towers --preset base
 
@@ -28,18 +28,18 @@ from deployments.core.random_checkpoint import make_checkpoint
 REPO = Path(__file__).resolve().parent.parent
 
 
-def encoder_pair(kind: str, model: str, device: str):
+def encoder_pair(kind: str, model: str):
     """(as the checkpoint comes, as served) for one encoder, and a batch maker for it."""
     if kind == "vision":
         settings = ImageSettings.from_pretrained(model)
-        checkpoint = VisionEncoderCore(load_tower(SiglipVisionModel, model, device, "float32"), settings)
-        served = VisionEncoderCore.from_pretrained(model, device, "float32")
+        checkpoint = VisionEncoderCore(load_tower(SiglipVisionModel, model, "cpu", "float32"), settings)
+        served = VisionEncoderCore.from_pretrained(model, "cpu", "float32")
         rng = np.random.default_rng(0)
         return checkpoint, served, lambda n: rng.integers(0, 256, (n, settings.height, settings.width, 3),
                                                           dtype=np.uint8)
     tokenizer = AutoTokenizer.from_pretrained(model)
-    checkpoint = TextEncoderCore(load_tower(SiglipTextModel, model, device, "float32"), tokenizer)
-    served = TextEncoderCore.from_pretrained(model, device, "float32")
+    checkpoint = TextEncoderCore(load_tower(SiglipTextModel, model, "cpu", "float32"), tokenizer)
+    served = TextEncoderCore.from_pretrained(model, "cpu", "float32")
     return checkpoint, served, lambda n: [f"a photo of thing number {i}" for i in range(n)]
 
 
@@ -63,7 +63,6 @@ def compare(checkpoint, served, batch, rounds: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="base")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (a CPU replica uses 1)")
     parser.add_argument("--encoders", nargs="+", choices=["vision", "text"], default=["vision", "text"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
@@ -74,13 +73,13 @@ def main() -> None:
     model = str(make_checkpoint(args.preset, REPO / "checkpoints" / args.preset))
     rows = []
     for kind in args.encoders:
-        checkpoint, served, make_batch = encoder_pair(kind, model, args.device)
+        checkpoint, served, make_batch = encoder_pair(kind, model)
         for size in args.batch_sizes:
             rows.append({"encoder": kind, "batch_size": size,
                          **compare(checkpoint, served, make_batch(size), args.rounds)})
             print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"preset": args.preset, "random_weights": True, "device": args.device,
+    args.out.write_text(json.dumps({"preset": args.preset, "random_weights": True,
                                     "torch": torch.__version__, "threads": args.threads,
                                     "rounds": args.rounds, "rows": rows}, indent=2))
     print("\n| encoder | batch | checkpoint ms/item | served ms/item | served / checkpoint (quartiles) |")

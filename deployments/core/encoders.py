@@ -72,8 +72,7 @@ def load_tower(tower_class, model: str, device: str, dtype: str):
 
 def _for_serving(core: "_EncoderCore") -> "_EncoderCore":
     """The tower's rewrites for its device, then, on a GPU, CUDA graphs for small batches."""
-    for rewrite in core.serving_rewrites(core.device):
-        core.rewrite([rewrite])  # one by one: a rewrite that does not fit costs only itself
+    core.rewrite(core.serving_rewrites(core.device))
     if core.device.type == "cuda":
         core.capture_cuda_graphs()
     return core
@@ -122,35 +121,41 @@ class _EncoderCore:
         batch size never stalls a live request on a recompile; False specializes per size."""
         self.tower = torch.compile(self.tower, dynamic=dynamic)
 
-    def rewrite(self, rewrites: Sequence[str]) -> bool:
-        """Swaps in a copy of the tower with the named rewrites (deployments/core/rewrites.py)
-        applied, if it computes what the tower computes. The rewrites are exact in arithmetic
-        but lean on transformers' module internals and on torch ops that a release could
-        change: a copy that fails to build or to run, or whose output on a sample batch moves
-        beyond rounding, is dropped with an error logged, and the tower serves as it was.
-        Returns whether the rewritten copy is in use."""
+    def rewrite(self, rewrites: Sequence[str]) -> list[str]:
+        """Applies the named rewrites (deployments/core/rewrites.py) in turn, each to a copy of
+        the tower that replaces it only if it computes what the tower as it was computed. The
+        rewrites are exact in arithmetic but lean on transformers' module internals and on
+        torch ops that a release could change: a copy that fails to build or to run, or whose
+        output on a sample batch moves beyond rounding, is dropped with an error logged, and
+        costs only its own rewrite. Returns the rewrites in use."""
+        if not rewrites:
+            return []
         sample = self._sample_input(2)
         with torch.inference_mode():
-            expected = self._unit_vectors(sample)
-        # The copy shares the tower's weights (no rewrite changes one in place), so a large
-        # tower is not held twice while loading. Outside inference mode, so that the weights
-        # the rewrites build stay ordinary tensors.
-        shared = {id(tensor): tensor for tensor in [*self.tower.parameters(), *self.tower.buffers()]}
-        original, self.tower = self.tower, copy.deepcopy(self.tower, memo=shared)
-        try:
-            tower_rewrites.apply(self.tower, list(rewrites))
-            with torch.inference_mode():
-                drift = (self._unit_vectors(sample) - expected).abs().max().item()
-            problem = f"moved the model's output by {drift:.3g}" if drift > DRIFT_TOLERANCE else None
-        except (ValueError, RuntimeError, AttributeError) as error:  # e.g. an op this build lacks
-            problem = f"failed ({error})"
-        if problem:
-            self.tower = original
-            logger.error("the rewrites %s %s, so they do not fit this torch or transformers "
-                         "version; serving the model without them", list(rewrites), problem)
-            return False
-        self._remember_probe()
-        return True
+            expected = self._unit_vectors(sample)  # once: every rewrite is held to the original
+        kept = []
+        for name in rewrites:
+            # The copy shares the tower's weights (no rewrite changes one in place), so a large
+            # tower is not held twice while loading. Outside inference mode, so that the
+            # weights the rewrites build stay ordinary tensors.
+            shared = {id(tensor): tensor for tensor in [*self.tower.parameters(), *self.tower.buffers()]}
+            original, self.tower = self.tower, copy.deepcopy(self.tower, memo=shared)
+            try:
+                tower_rewrites.apply(self.tower, [name])
+                with torch.inference_mode():
+                    drift = (self._unit_vectors(sample) - expected).abs().max().item()
+                problem = f"moved the model's output by {drift:.3g}" if drift > DRIFT_TOLERANCE else None
+            except (ValueError, RuntimeError, AttributeError) as error:  # e.g. an op this build lacks
+                problem = f"failed ({error})"
+            if problem:
+                self.tower = original
+                logger.error("the rewrite %s %s, so it does not fit this torch or transformers "
+                             "version; serving the model without it", name, problem)
+            else:
+                kept.append(name)
+        if kept:
+            self._remember_probe()
+        return kept
 
     @torch.inference_mode()
     def capture_cuda_graphs(self, batch_sizes: Sequence[int] | None = None) -> bool:

@@ -14,6 +14,7 @@ from ray import serve
 from deployments.core.checkpoint import ImageSettings
 from deployments.core.fetch import ImageFetcher, ImageUrlPolicy
 from deployments.core.images import DecodeOptions, preprocess_references
+from deployments.core.resize import BandedResizer
 from deployments.metrics import StageMetrics
 
 
@@ -24,13 +25,16 @@ class ImagePreprocessor:
         self._options = options
         self._fetcher = ImageFetcher(url_policy, options.limits.max_bytes)
         # One decode at a time per CPU the replica holds: more threads add no throughput, and
-        # concurrent decodes of large photos evict each other from the caches.
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        self._decoder = ThreadPoolExecutor(max(1, math.ceil(cpus)), thread_name_prefix="decode")
+        # concurrent decodes of large photos evict each other from the caches. As many helpers
+        # share a large photo's resize while they are idle: at low load, the cores the decode
+        # threads leave unused cut a lone photo's latency.
+        threads = max(1, math.ceil(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+        self._decoder = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+        self._resizer = BandedResizer(helper_threads=threads)
         self._metrics = StageMetrics()
 
     async def preprocess(self, references: list[str], params: list[str]) -> np.ndarray:
         """`params` name each image in the client's request, for error messages."""
         with self._metrics.timed():
             return await preprocess_references(references, params, self._settings, self._options,
-                                               self._fetcher, self._decoder)
+                                               self._fetcher, self._decoder, self._resizer)

@@ -13,11 +13,13 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from PIL import Image
+from skimage import data
 from transformers.image_processing_backends import PilBackend
 
 from deployments.core.checkpoint import ImageSettings
 from deployments.core.encoders import VisionEncoderCore
 from deployments.core.images import DecodeOptions, ImageInputError, ImageLimits, image_bytes
+from deployments.core.resize import BandedResizer
 from tests.hostile import png_bomb, png_header
 from tests.photos import data_uri, encode, photos, preprocess
 
@@ -48,6 +50,17 @@ def test_pixels_equal_the_processor(name, raw, settings, tiny_checkpoint, refere
     encoder = VisionEncoderCore.from_pretrained(tiny_checkpoint, device="cpu")
     ours = encoder.normalize(pixels).numpy()
     np.testing.assert_allclose(ours, reference.pixel_values([raw]), rtol=0, atol=1e-6)
+
+
+def test_a_camera_sized_photo_resized_on_helper_threads_equals_the_processor(settings, tiny_checkpoint,
+                                                                             reference):
+    """Large enough for the resize to be split into bands (deployments/core/resize.py)."""
+    photo = Image.fromarray(data.astronaut()).resize((2400, 1800), Image.Resampling.BICUBIC)
+    raw = encode(photo, "JPEG", quality=90)
+    pixels = preprocess([data_uri(raw)], ["input[0]"], settings, resizer=BandedResizer(helper_threads=2))
+    encoder = VisionEncoderCore.from_pretrained(tiny_checkpoint, device="cpu")
+    np.testing.assert_allclose(encoder.normalize(pixels).numpy(), reference.pixel_values([raw]),
+                               rtol=0, atol=1e-6)
 
 
 def test_alpha_is_composited_onto_white(settings):

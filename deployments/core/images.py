@@ -15,6 +15,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deployments.core.checkpoint import ImageSettings
 from deployments.core.fetch import FetchError, ImageFetcher, is_url
+from deployments.core.resize import BandedResizer
+
+WITHOUT_HELPERS = BandedResizer(helper_threads=0)
 
 
 @dataclass(frozen=True)
@@ -109,26 +112,30 @@ def decode(data: bytes, max_pixels: int, jpeg_draft_size: int | None = None) -> 
     return image
 
 
-def prepare(image: Image.Image, settings: ImageSettings) -> np.ndarray:
-    """(height, width, 3) uint8: RGB, resized with the checkpoint's filter. Rescaling and
-    normalization are left to the vision encoder, on its device."""
-    resized = to_rgb(image).resize((settings.width, settings.height),
-                                   resample=Image.Resampling(settings.resample))
+def prepare(image: Image.Image, settings: ImageSettings,
+            resizer: BandedResizer = WITHOUT_HELPERS) -> np.ndarray:
+    """(height, width, 3) uint8: RGB, resized with the checkpoint's filter (by Pillow, on
+    `resizer`'s idle threads too). Rescaling and normalization are left to the vision encoder,
+    on its device."""
+    resized = resizer.resize(to_rgb(image), (settings.width, settings.height),
+                             Image.Resampling(settings.resample))
     return np.asarray(resized, dtype=np.uint8)
 
 
 async def preprocess_references(references: list[str], params: list[str], settings: ImageSettings,
                                 options: DecodeOptions = DecodeOptions(),
                                 fetcher: ImageFetcher | None = None,
-                                decoder: Executor | None = None) -> np.ndarray:
+                                decoder: Executor | None = None,
+                                resizer: BandedResizer = WITHOUT_HELPERS) -> np.ndarray:
     """(n, height, width, 3) uint8 for a request's images: data URIs, raw base64 or, with a
     `fetcher`, http(s) URLs (fetched concurrently). A bad image raises ImageInputError with its
     `params` entry, so one request's bad input never reaches a shared batch. The decoding runs
-    on `decoder`'s threads (default: asyncio's), where Pillow releases the GIL."""
+    on `decoder`'s threads (default: asyncio's), where Pillow releases the GIL, and resizes
+    also on `resizer`'s."""
     sources = await asyncio.gather(*(_fetch_if_url(reference, param, fetcher)
                                      for reference, param in zip(references, params, strict=True)))
     return await asyncio.get_running_loop().run_in_executor(
-        decoder, _decode_all, sources, params, settings, options)
+        decoder, _decode_all, sources, params, settings, options, resizer)
 
 
 async def _fetch_if_url(reference: str, param: str, fetcher: ImageFetcher | None) -> str | bytes:
@@ -144,14 +151,14 @@ async def _fetch_if_url(reference: str, param: str, fetcher: ImageFetcher | None
 
 
 def _decode_all(sources: list[str | bytes], params: list[str], settings: ImageSettings,
-                options: DecodeOptions) -> np.ndarray:
+                options: DecodeOptions, resizer: BandedResizer) -> np.ndarray:
     limits = options.limits
     draft_size = 2 * max(settings.height, settings.width) if options.jpeg_draft else None
     pixels = np.empty((len(sources), settings.height, settings.width, 3), dtype=np.uint8)
     for index, (source, param) in enumerate(zip(sources, params, strict=True)):
         try:
             data = source if isinstance(source, bytes) else image_bytes(source, limits.max_bytes)
-            pixels[index] = prepare(decode(data, limits.max_pixels, draft_size), settings)
+            pixels[index] = prepare(decode(data, limits.max_pixels, draft_size), settings, resizer)
         except UnidentifiedImageError:
             raise ImageInputError(param, "not an image in a supported format "
                                          "(JPEG, PNG, WebP, GIF, BMP, TIFF)") from None

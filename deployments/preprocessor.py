@@ -26,8 +26,8 @@ class ImagePreprocessor:
         self._fetcher = ImageFetcher(url_policy, options.limits.max_bytes)
         # One decode at a time per CPU the replica holds: more threads add no throughput, and
         # concurrent decodes of large photos evict each other from the caches. As many helpers
-        # share a large photo's resize while they are idle: at low load, the cores the decode
-        # threads leave unused cut a lone photo's latency.
+        # share large photos' resizes while no image waits for a decode thread: at low load,
+        # cores the decode threads would leave unused cut a lone photo's latency.
         threads = max(1, math.ceil(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         self._decoder = ThreadPoolExecutor(threads, thread_name_prefix="decode")
         self._resizer = BandedResizer(helper_threads=threads)
@@ -35,6 +35,6 @@ class ImagePreprocessor:
 
     async def preprocess(self, references: list[str], params: list[str]) -> np.ndarray:
         """`params` name each image in the client's request, for error messages."""
-        with self._metrics.timed():
+        with self._metrics.timed(), self._resizer.images_in_flight(len(references)):
             return await preprocess_references(references, params, self._settings, self._options,
                                                self._fetcher, self._decoder, self._resizer)

@@ -115,3 +115,16 @@ def test_a_pillow_with_another_pass_order_gets_no_helpers(monkeypatch, bands_by_
     ours = BandedResizer(2).resize(image, (384, 384), Image.Resampling.BICUBIC)
     assert ours.tobytes() == image.resize((384, 384), Image.Resampling.BICUBIC).tobytes()
     assert bands_by_thread == []
+
+
+def test_no_helpers_while_images_wait_for_a_decode_thread(bands_by_thread):
+    """One decode thread, two images in flight: one of them waits, so the other is not split."""
+    resizer = BandedResizer(1)
+    image = noise(2000, 1200)
+    with resizer.images_in_flight(1), resizer.images_in_flight(1):
+        ours = resizer.resize(image, (384, 384), Image.Resampling.BICUBIC)
+    assert ours.tobytes() == image.resize((384, 384), Image.Resampling.BICUBIC).tobytes()
+    assert bands_by_thread == []
+    with resizer.images_in_flight(1):
+        resizer.resize(image, (384, 384), Image.Resampling.BICUBIC)
+    assert len(bands_by_thread) == 2

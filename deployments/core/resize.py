@@ -5,8 +5,8 @@ twice as many pixels as the width, each source row is first resampled to the out
 its own, then each output column to the output height. For a camera photo that first pass is
 most of the work: 50-75 ms on one core for 5-12 megapixels, as long as the JPEG decode.
 Resampling bands of rows on several threads yields the same rows, and the second pass then
-runs once over them, as in Pillow's own call: the pixels are identical, and a lone photo's
-latency drops by up to half of that first pass per extra thread."""
+runs once over them, as in Pillow's own call: the pixels are identical, and with n helpers a
+lone photo's first pass takes about 1/(n+1) of its time, plus the copies of the bands."""
 
 from __future__ import annotations
 

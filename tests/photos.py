@@ -74,3 +74,11 @@ def photos() -> tuple[tuple[str, bytes], ...]:
         ("camera-16bit.png", encode(Image.fromarray(np.asarray(camera).astype(np.uint16) * 200), "PNG")),
         ("chelsea-exif-rotated.jpg", _rotated_with_exif(chelsea)),
     )
+
+
+@lru_cache(maxsize=1)
+def camera_sized_jpeg() -> bytes:
+    """A 4.3-megapixel JPEG: large enough for the preprocessor to split its resize into bands
+    (deployments/core/resize.py), which none of `photos()` is."""
+    astronaut = Image.fromarray(data.astronaut()).resize((2400, 1800), Image.Resampling.BICUBIC)
+    return encode(astronaut, "JPEG", quality=90)

@@ -15,7 +15,7 @@ import pytest
 from ray import serve
 
 from tests.apps import assert_openai_error
-from tests.photos import data_uri, photos
+from tests.photos import camera_sized_jpeg, data_uri, photos
 
 ATOL = 1e-5
 PHOTOS = photos()
@@ -65,6 +65,13 @@ def test_embeddings_of_mixed_texts_and_photos_equal_the_reference(client, refere
     np.testing.assert_allclose(vectors[[1] + list(range(3, len(items)))], expected_images, rtol=0, atol=ATOL)
     patches = (64 // 8) ** 2
     assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > len(RAWS) * patches
+
+
+def test_a_camera_sized_photo_alone_equals_the_reference(client, reference):
+    """Alone in the preprocessor, its resize is split over a helper thread."""
+    raw = camera_sized_jpeg()
+    body = client.post("/v1/embeddings", json={"input": [{"image": data_uri(raw, "image/jpeg")}]}).json()
+    np.testing.assert_allclose(_vectors(body), reference.image_embeddings([raw]), rtol=0, atol=ATOL)
 
 
 def test_embeddings_base64_is_little_endian_float32(client, reference):

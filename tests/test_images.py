@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from PIL import Image
-from skimage import data
 from transformers.image_processing_backends import PilBackend
 
 from deployments.core.checkpoint import ImageSettings
@@ -21,7 +20,7 @@ from deployments.core.encoders import VisionEncoderCore
 from deployments.core.images import DecodeOptions, ImageInputError, ImageLimits, image_bytes
 from deployments.core.resize import BandedResizer
 from tests.hostile import png_bomb, png_header
-from tests.photos import data_uri, encode, photos, preprocess
+from tests.photos import camera_sized_jpeg, data_uri, encode, photos, preprocess
 
 PHOTOS = photos()
 
@@ -55,8 +54,7 @@ def test_pixels_equal_the_processor(name, raw, settings, tiny_checkpoint, refere
 def test_a_camera_sized_photo_resized_on_helper_threads_equals_the_processor(settings, tiny_checkpoint,
                                                                              reference):
     """Large enough for the resize to be split into bands (deployments/core/resize.py)."""
-    photo = Image.fromarray(data.astronaut()).resize((2400, 1800), Image.Resampling.BICUBIC)
-    raw = encode(photo, "JPEG", quality=90)
+    raw = camera_sized_jpeg()
     pixels = preprocess([data_uri(raw)], ["input[0]"], settings, resizer=BandedResizer(helper_threads=2))
     encoder = VisionEncoderCore.from_pretrained(tiny_checkpoint, device="cpu")
     np.testing.assert_allclose(encoder.normalize(pixels).numpy(), reference.pixel_values([raw]),

@@ -21,11 +21,9 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, SiglipTextModel, SiglipVisionModel
 
+from benchmarks.serving import REPO, preset_checkpoint
 from deployments.core.checkpoint import ImageSettings
 from deployments.core.encoders import TextEncoderCore, VisionEncoderCore, load_tower
-from deployments.core.random_checkpoint import make_checkpoint
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def encoder_pair(kind: str, model: str):
@@ -70,7 +68,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "served_towers.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = str(make_checkpoint(args.preset, REPO / "checkpoints" / args.preset))
+    model = preset_checkpoint(args.preset)
     rows = []
     for kind in args.encoders:
         checkpoint, served, make_batch = encoder_pair(kind, model)

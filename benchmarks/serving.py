@@ -204,14 +204,20 @@ def _post(base_url: str, workload: Workload, timeout_s: float = 300) -> bool:
     return True
 
 
+def ray_processes() -> Iterator[tuple[psutil.Process, str]]:
+    """Each process of the local Ray cluster, with its command line: actors and workers are
+    titled `ray::...`, Ray's own programs (raylet, GCS, agents) run from Ray's package."""
+    for process in psutil.process_iter(["cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if command.startswith("ray::") or "/ray/" in command:
+            yield process, command
+
+
 def ray_cpu_seconds() -> dict[int, tuple[str, float]]:
     """CPU seconds used so far by each Ray process, by pid: a Serve replica under its
     deployment's name, Ray's own processes (proxy, controller, raylet, GCS, agents) as "ray"."""
     seconds = {}
-    for process in psutil.process_iter(["cmdline"]):
-        command = " ".join(process.info["cmdline"] or [])
-        if not (command.startswith("ray::") or "/ray/" in command):
-            continue
+    for process, command in ray_processes():
         # A busy replica's title names the method it runs: ray::ServeReplica:app:Name.method
         role = (command.split()[0].rsplit(":", 1)[-1].split(".")[0]
                 if command.startswith("ray::ServeReplica:") else "ray")

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoTokenizer
 
 from deployments.core.checkpoint import ImageSettings
-from deployments.core.encoders import Embeddings, TextEncoderCore, VisionEncoderCore
+from deployments.core.encoders import DRIFT_TOLERANCE, Embeddings, TextEncoderCore, VisionEncoderCore
 from deployments.text_encoder import TextEncoder
 from tests.photos import data_uri, photos, preprocess
 
@@ -75,6 +75,21 @@ def test_the_text_tower_attends_over_padding_as_the_original_does(text, referenc
     ours = text.encode(["a cat"]).vectors[0]
     assert np.abs(ours - masked).max() > 1e-3
     np.testing.assert_allclose(ours, reference.text_embeddings(["a cat"])[0], rtol=0, atol=ATOL)
+
+
+def test_bfloat16_on_the_cpu_is_rounding_away_from_the_reference(tiny_checkpoint, reference):
+    """The opt-in `dtype: bfloat16` for CPUs with AMX: off float32's 1e-5 parity, as bfloat16
+    must be, but by rounding only, well inside what marks a broken model."""
+    raws = [raw for _, raw in photos()]
+    pixels = preprocess([data_uri(raw) for raw in raws], [f"input[{i}]" for i in range(len(raws))],
+                        ImageSettings.from_pretrained(tiny_checkpoint))
+    vision = VisionEncoderCore.from_pretrained(tiny_checkpoint, device="cpu", dtype="bfloat16")
+    text = TextEncoderCore.from_pretrained(tiny_checkpoint, device="cpu", dtype="bfloat16")
+    for ours, theirs in [(vision.encode(pixels), reference.image_embeddings(raws)),
+                         (text.encode(TEXTS), reference.text_embeddings(TEXTS))]:
+        assert ours.vectors.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(ours.vectors, axis=1), 1, atol=1e-5)
+        assert ATOL < np.abs(ours.vectors - theirs).max() < DRIFT_TOLERANCE
 
 
 def test_embeddings_interleave_back_into_input_order():

@@ -126,7 +126,8 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """'auto' is bfloat16 on CUDA and float32 on the CPU, where bf16 matmuls are slow."""
+    """'auto' is bfloat16 on CUDA and float32 on the CPU: the reference's precision, which the
+    CPU keeps unless asked otherwise (bfloat16 there is fast only with AMX, and 1e-3 off)."""
     if requested == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return _DTYPES[requested]

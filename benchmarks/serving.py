@@ -44,10 +44,13 @@ from skimage import data
 
 from benchmarks.load import closed_loop, open_loop
 from deployments.config import BatchingConfig, TextEncoderConfig
+from deployments.core.checkpoint import ImageSettings, LogitParams
 from deployments.core.encoders import TextEncoderCore, VisionEncoderCore
 from deployments.core.images import DecodeOptions, preprocess_references
 from deployments.core.random_checkpoint import make_checkpoint
+from deployments.core.scoring import pair_scores
 from deployments.local_cluster import free_port, running_replicas, serve_locally
+from deployments.protocol import DEFAULT_HYPOTHESIS_TEMPLATE
 
 REPO = Path(__file__).resolve().parent.parent
 LABELS = ["cat", "dog", "astronaut", "rocket", "cup of coffee", "galaxy", "city street",
@@ -118,10 +121,11 @@ def workloads(photos: list[str]) -> list[Workload]:
     ]
 
 
-def measure_limit(model: str, vision_batch: int, text_batch: int, seconds: float) -> dict:
+def measure_limit(model: str, vision_batch: int, text_batch: int, seconds: float,
+                  dtype: str = "auto") -> dict:
     """Encoder throughput in-process at the graph's batch sizes, on pre-decoded pixels."""
-    vision = VisionEncoderCore.from_pretrained(model, device="auto")
-    text = TextEncoderCore.from_pretrained(model, device="auto")
+    vision = VisionEncoderCore.from_pretrained(model, device="auto", dtype=dtype)
+    text = TextEncoderCore.from_pretrained(model, device="auto", dtype=dtype)
     settings = vision.settings
     pixels = np.random.default_rng(0).integers(0, 256, (vision_batch, settings.height, settings.width, 3),
                                                dtype=np.uint8)
@@ -178,6 +182,25 @@ def jpeg_draft_deviation(model: str, photos: list[str]) -> dict:
     cosines = np.sum(vision.encode(exact).vectors * vision.encode(drafted).vectors, axis=1)
     return {"max_abs_pixel_diff": int(difference.max()), "mean_abs_pixel_diff": round(float(difference.mean()), 3),
             "min_embedding_cosine": round(float(cosines.min()), 6)}
+
+
+def bfloat16_deviation(model: str, photos: list[str]) -> dict:
+    """How far bfloat16 encoders on the CPU move embeddings and classify scores from float32,
+    on the benchmark's photographs and labels (this checkpoint's random weights)."""
+    settings = ImageSettings.from_pretrained(model)
+    pixels = asyncio.run(preprocess_references(photos, [f"photo[{i}]" for i in range(len(photos))], settings))
+    prompts = [DEFAULT_HYPOTHESIS_TEMPLATE.replace("{}", label) for label in LABELS]
+    params = LogitParams.from_pretrained(model)
+    images, texts = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        images[dtype] = VisionEncoderCore.from_pretrained(model, device="cpu", dtype=dtype).encode(pixels).vectors
+        texts[dtype] = TextEncoderCore.from_pretrained(model, device="cpu", dtype=dtype).encode(prompts).vectors
+    scores = {dtype: pair_scores(images[dtype], texts[dtype], params) for dtype in images}
+    cosines = {dtype: images[dtype] @ texts[dtype].T for dtype in images}
+    return {"max_abs_score_diff": float(np.abs(scores["bfloat16"] - scores["float32"]).max()),
+            "max_abs_cosine_diff": float(np.abs(cosines["bfloat16"] - cosines["float32"]).max()),
+            "exp_logit_scale": round(float(np.exp(params.logit_scale)), 2),
+            "min_image_embedding_cosine": round(float(np.sum(images["bfloat16"] * images["float32"], axis=1).min()), 6)}
 
 
 def limit_items_per_s(workload: Workload, limit: dict) -> float:
@@ -368,8 +391,8 @@ def fixed_replicas(deployment: str, encoder_replicas: int) -> int:
 
 
 def graph_setting(args) -> str:
-    """How the graph's stages were scaled, for the report."""
-    threads = f"{args.torch_threads} torch thread(s) per encoder replica"
+    """How the graph's stages were scaled and its encoders run, for the report."""
+    threads = f"{args.torch_threads} torch thread(s) per encoder replica, dtype {args.dtype}"
     if not args.encoder_replicas:
         return f"serve_config.yaml's autoscaling, {threads}"
     counts = ", ".join(f"{name} {fixed_replicas(name, args.encoder_replicas)}"
@@ -389,6 +412,10 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
                              "single-thread replicas waste the least CPU; serve_config.yaml's "
                              "autoscaling on a GPU machine)")
     parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs Ray may schedule (default: all)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="the encoders' dtype, in the graph and the limit; the naive server "
+                             "stays in float32 (bfloat16 on a CPU: fast with AMX, off the reference; "
+                             "the report states by how much)")
     parser.add_argument("--jpeg-draft", action="store_true",
                         help="run the graph with jpeg_draft (faster decode, off the reference; the "
                              "report states by how much)")
@@ -399,7 +426,7 @@ def configure_graph(config: dict, args) -> int | None:
     may schedule."""
     app = config["applications"][0]
     app["args"] = {**app.get("args", {}), "device": args.device, "torch_threads": args.torch_threads,
-                   "jpeg_draft": args.jpeg_draft}
+                   "jpeg_draft": args.jpeg_draft, "dtype": args.dtype}
     if not args.encoder_replicas:
         return args.ray_cpus
     for deployment in app["deployments"]:
@@ -496,6 +523,9 @@ def markdown(report: dict) -> str:
                  if "after_naive" in limit else ""), ""]
     if report["jpeg_draft"]:
         lines += [f"The graph ran with `jpeg_draft: true`, off the reference decode by: {report['jpeg_draft']}.", ""]
+    if report.get("bfloat16"):
+        lines += ["The graph and the limit ran in bfloat16, the naive server in float32. bfloat16 against "
+                  f"float32, on the CPU: {report['bfloat16']}.", ""]
     lines += ["| workload | limit (a) items/s | graph (b) | naive (c) | (b)/(a) | (b)/(c) at 16 | (b)/(c) at 64 "
               "| p50 c=1 graph / naive (ms) | $ per 1k images |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -568,7 +598,7 @@ def main() -> None:
     def limit_now() -> dict:
         limit = measure_limit(model, BatchingConfig.model_validate(batching["VisionEncoder"]).max_batch_size,
                               TextEncoderConfig.model_validate(batching["TextEncoder"]).max_batch_size,
-                              seconds=max(3.0, args.duration / 3))
+                              seconds=max(3.0, args.duration / 3), dtype=args.dtype)
         print(f"limit: {limit}", flush=True)
         return limit
 
@@ -592,6 +622,7 @@ def main() -> None:
               "preset": args.model or args.preset, "device": args.device, "duration_s": args.duration,
               "command": "python -m benchmarks.serving " + " ".join(sys.argv[1:]), "limit": limit, "rows": rows,
               "jpeg_draft": jpeg_draft_deviation(model, photos) if args.jpeg_draft else None,
+              "bfloat16": bfloat16_deviation(model, photos) if args.dtype == "bfloat16" else None,
               "summary": summarize(rows, limits, chosen, args.gpu_price)}
     write_report(args.out, "serving", report, markdown(report))
 

@@ -48,7 +48,8 @@ class SiglipAppArgs(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bfloat16 on CUDA, float32 on the CPU. bfloat16 on a CPU with "
-        "AMX is about 3x faster, and moves scores by about 1e-3 from the float32 reference.")
+        "AMX is about 3x faster, and moves embeddings by about 1e-3 from the float32 reference "
+        "(scores by more, the larger the checkpoint's logit scale).")
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads per encoder replica for torch. Default: what Ray "
         "gives the replica (OMP_NUM_THREADS, from its num_cpus: 1 for the default 0.5).")

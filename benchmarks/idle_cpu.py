@@ -17,11 +17,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import psutil
-
 from benchmarks.serving import (REPO, add_graph_arguments, configure_graph, graph_setting, machine,
-                                preset_checkpoint, ray_cpu_seconds, ray_processes, serve_config,
-                                wait_until_idle, write_report)
+                                preset_checkpoint, ray_cpu_seconds, serve_config, wait_until_idle,
+                                write_report)
 from deployments.local_cluster import serve_locally
 
 SETTLE_S = 20
@@ -39,22 +37,11 @@ def process_name(command: str) -> str:
     return program
 
 
-def cpu_seconds_by_pid() -> dict[int, tuple[str, float]]:
-    seconds = {}
-    for process, command in ray_processes():
-        try:
-            times = process.cpu_times()
-        except psutil.Error:
-            continue
-        seconds[process.pid] = (process_name(command), times.user + times.system)
-    return seconds
-
-
 def idle_cores(seconds: float) -> tuple[Counter, Counter]:
     """Per process name: the cores used on average over `seconds`, and how many processes."""
-    before = cpu_seconds_by_pid()
+    before = ray_cpu_seconds(process_name)
     time.sleep(seconds)
-    after = cpu_seconds_by_pid()
+    after = ray_cpu_seconds(process_name)
     cores, count = Counter(), Counter()
     for pid, (name, used) in after.items():
         if pid in before:  # a process started meanwhile is not idle background

@@ -227,28 +227,29 @@ def _post(base_url: str, workload: Workload, timeout_s: float = 300) -> bool:
     return True
 
 
-def ray_processes() -> Iterator[tuple[psutil.Process, str]]:
-    """Each process of the local Ray cluster, with its command line: actors and workers are
-    titled `ray::...`, Ray's own programs (raylet, GCS, agents) run from Ray's package."""
+def serve_role(command: str) -> str:
+    """A Serve replica's deployment name, from its process title; "ray" for Ray's own
+    processes (proxy, controller, raylet, GCS, agents)."""
+    if not command.startswith("ray::ServeReplica:"):
+        return "ray"
+    # A busy replica's title names the method it runs: ray::ServeReplica:app:Name.method
+    return command.split()[0].rsplit(":", 1)[-1].split(".")[0]
+
+
+def ray_cpu_seconds(name: Callable[[str], str] = serve_role) -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far by each process of the local Ray cluster, by pid, under the name
+    `name` gives its command line. Actors and workers are titled `ray::...`; Ray's own programs
+    run from Ray's package."""
+    seconds = {}
     for process in psutil.process_iter(["cmdline"]):
         command = " ".join(process.info["cmdline"] or [])
-        if command.startswith("ray::") or "/ray/" in command:
-            yield process, command
-
-
-def ray_cpu_seconds() -> dict[int, tuple[str, float]]:
-    """CPU seconds used so far by each Ray process, by pid: a Serve replica under its
-    deployment's name, Ray's own processes (proxy, controller, raylet, GCS, agents) as "ray"."""
-    seconds = {}
-    for process, command in ray_processes():
-        # A busy replica's title names the method it runs: ray::ServeReplica:app:Name.method
-        role = (command.split()[0].rsplit(":", 1)[-1].split(".")[0]
-                if command.startswith("ray::ServeReplica:") else "ray")
+        if not (command.startswith("ray::") or "/ray/" in command):
+            continue
         try:
             times = process.cpu_times()
         except psutil.Error:
             continue
-        seconds[process.pid] = (role, times.user + times.system)
+        seconds[process.pid] = (name(command), times.user + times.system)
     return seconds
 
 

@@ -29,11 +29,17 @@ def text(tiny_checkpoint) -> TextEncoderCore:
     return TextEncoderCore.from_pretrained(tiny_checkpoint, device="auto", dtype="auto")
 
 
-def test_image_embeddings_equal_the_reference_on_real_photographs(vision, tiny_checkpoint, reference):
+@pytest.fixture(scope="module")
+def photo_pixels(tiny_checkpoint) -> tuple[list[bytes], np.ndarray]:
+    """The test photographs' raw bytes, and their pixels as the preprocessor prepares them."""
     raws = [raw for _, raw in photos()]
-    pixels = preprocess([data_uri(raw) for raw in raws],
-                                   [f"input[{i}]" for i in range(len(raws))],
-                                   ImageSettings.from_pretrained(tiny_checkpoint))
+    pixels = preprocess([data_uri(raw) for raw in raws], [f"input[{i}]" for i in range(len(raws))],
+                        ImageSettings.from_pretrained(tiny_checkpoint))
+    return raws, pixels
+
+
+def test_image_embeddings_equal_the_reference_on_real_photographs(vision, photo_pixels, reference):
+    raws, pixels = photo_pixels
     ours = vision.encode(pixels)
     np.testing.assert_allclose(ours.vectors, reference.image_embeddings(raws), rtol=0, atol=ATOL)
     np.testing.assert_allclose(np.linalg.norm(ours.vectors, axis=1), 1, atol=1e-6)
@@ -77,12 +83,11 @@ def test_the_text_tower_attends_over_padding_as_the_original_does(text, referenc
     np.testing.assert_allclose(ours, reference.text_embeddings(["a cat"])[0], rtol=0, atol=ATOL)
 
 
-def test_bfloat16_on_the_cpu_is_rounding_away_from_the_reference(tiny_checkpoint, reference):
+def test_bfloat16_on_the_cpu_is_rounding_away_from_the_reference(tiny_checkpoint, photo_pixels,
+                                                                   reference):
     """The opt-in `dtype: bfloat16` for CPUs with AMX: off float32's 1e-5 parity, as bfloat16
     must be, but by rounding only, well inside what marks a broken model."""
-    raws = [raw for _, raw in photos()]
-    pixels = preprocess([data_uri(raw) for raw in raws], [f"input[{i}]" for i in range(len(raws))],
-                        ImageSettings.from_pretrained(tiny_checkpoint))
+    raws, pixels = photo_pixels
     vision = VisionEncoderCore.from_pretrained(tiny_checkpoint, device="cpu", dtype="bfloat16")
     text = TextEncoderCore.from_pretrained(tiny_checkpoint, device="cpu", dtype="bfloat16")
     for ours, theirs in [(vision.encode(pixels), reference.image_embeddings(raws)),

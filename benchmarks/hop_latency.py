@@ -1,5 +1,7 @@
 """What serving itself costs per request, one request at a time, for requests whose compute is
-next to nothing (a 64-pixel PNG, a text the cache holds, labels the cache holds):
+next to nothing (a 64-pixel PNG, a text the cache holds, labels the cache holds), and with
+`--photos` for one photograph of each size the serving benchmark sends (1-12 megapixels), to
+show where the decode's cost outweighs the hops:
 
   floor  - the smallest Serve app (benchmarks/serve_floor.py), beside the graph on the same
            cluster: the proxy to one replica, the same reading a small body, the same plus
@@ -29,9 +31,9 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from benchmarks.serving import (REPO, add_graph_arguments, configure_graph, graph_setting, machine,
-                                naive_server, preset_checkpoint, ray_cpu_seconds, serve_config,
-                                wait_until_idle, write_report)
+from benchmarks.serving import (MEGAPIXELS, REPO, add_graph_arguments, configure_graph, graph_setting,
+                                machine, naive_server, preset_checkpoint, ray_cpu_seconds,
+                                realistic_jpegs, serve_config, wait_until_idle, write_report)
 from deployments.local_cluster import serve_locally
 
 FLOOR_APP = {"name": "floor", "route_prefix": "/floor", "import_path": "benchmarks.serve_floor:app"}
@@ -43,13 +45,17 @@ def _png_data_uri() -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def requests() -> dict[str, tuple[str, dict | None]]:
+def requests(photos: bool = False) -> dict[str, tuple[str, dict | None]]:
     """Name -> (path, JSON body, or None for a GET)."""
     png = [{"image": _png_data_uri()}]
-    return {"GET /health": ("/health", None),
-            "one text, in the graph's cache": ("/v1/embeddings", {"input": ["a photo of a cat"]}),
-            "one 64-pixel PNG": ("/v1/embeddings", {"input": png}),
-            "classify a 64-pixel PNG, cached labels": ("/v1/classify", {"input": png, "labels": ["cat", "dog"]})}
+    chosen = {"GET /health": ("/health", None),
+              "one text, in the graph's cache": ("/v1/embeddings", {"input": ["a photo of a cat"]}),
+              "one 64-pixel PNG": ("/v1/embeddings", {"input": png}),
+              "classify a 64-pixel PNG, cached labels": ("/v1/classify", {"input": png, "labels": ["cat", "dog"]})}
+    if photos:
+        for megapixels, photo in zip(MEGAPIXELS, realistic_jpegs()):
+            chosen[f"one {megapixels}-megapixel JPEG"] = ("/v1/embeddings", {"input": [{"image": photo}]})
+    return chosen
 
 
 FLOOR_REQUESTS = {"proxy to one replica": ("/floor/health", None),
@@ -92,6 +98,8 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny", choices=["tiny", "base", "so400m"])
     parser.add_argument("--requests", type=int, default=40, help="timed requests per row and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--photos", action="store_true",
+                        help="also time one photograph of each size, 1-12 megapixels (JPEG)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     add_graph_arguments(parser)
     args = parser.parse_args()
@@ -100,7 +108,7 @@ def main() -> None:
     config = serve_config()
     ray_cpus = configure_graph(config, args)  # as benchmarks/serving.py runs the graph
     config["applications"].append(FLOOR_APP)
-    graph_requests = requests()
+    graph_requests = requests(args.photos)
     naive_requests = {name: request for name, request in graph_requests.items() if request[1] is not None}
 
     samples: dict[tuple[str, str], list[list[float]]] = {}

@@ -5,7 +5,7 @@ encoder busy. A GPU encodes an so400m image in under 2 ms (benchmarks/gpu_encode
 needs tens of milliseconds to prepare a camera photo, so on a GPU cluster the preprocessor's
 cores, not the GPUs, are what camera photos cost most of.
 
-    python -m benchmarks.preprocessing --sizes 224 384 --encoder-rate 655
+    python -m benchmarks.preprocessing --sizes 224 384 --encoder-rate 655 --core-price 0.04
 
 The two modes take turns photo by photo, so that a shared machine's drift falls on both alike.
 Writes preprocessing.json and preprocessing.md to --out. Only the checkpoint's image processor
@@ -47,8 +47,12 @@ def cores_needed(mean_ms: float, images_per_s: float) -> float:
     return mean_ms / 1e3 * images_per_s
 
 
+def usd_per_1k_images(mean_ms: float, core_price: float) -> float:
+    return mean_ms / 3.6e6 * core_price * 1e3
+
+
 def markdown(report: dict) -> str:
-    rate = report["encoder_rate"]
+    rate, price = report["encoder_rate"], report["core_price"]
     lines = [f"Machine: {report['machine']}; image processor of `{report['preset']}`; CPU ms per "
              f"image on one thread, median of {report['rounds']} rounds.", "",
              f"Command: `{report['command']}`", "",
@@ -59,13 +63,16 @@ def markdown(report: dict) -> str:
         lines.append(f"| {photo['megapixels']} MP | {photo['kilobytes']} | " + " | ".join(cells) + " |")
     means = [report["mean_ms"][str(size)][mode] for size in report["sizes"] for mode in MODES]
     lines.append("| mean of the six | | " + " | ".join(f"{m:.1f}" for m in means) + " |")
-    if rate:
-        lines += ["", f"Cores to prepare {rate:g} images/s of this mix (one encoder's rate):", ""]
-        for size in report["sizes"]:
-            for mode in MODES:
-                mean = report["mean_ms"][str(size)][mode]
-                lines.append(f"- {size}px, {mode}: {cores_needed(mean, rate):.1f} cores "
-                             f"({1e3 / mean:.1f} images/s per core)")
+    lines += ["", "For the mix of the six photos:", ""]
+    for size in report["sizes"]:
+        for mode in MODES:
+            mean = report["mean_ms"][str(size)][mode]
+            figures = [f"{1e3 / mean:.1f} images/s per core"]
+            if rate:
+                figures.append(f"{cores_needed(mean, rate):.1f} cores for {rate:g} images/s (one encoder's rate)")
+            if price:
+                figures.append(f"${usd_per_1k_images(mean, price):.5f} per 1,000 images at ${price:g} per core-hour")
+            lines.append(f"- {size}px, {mode}: " + "; ".join(figures))
     return "\n".join(lines) + "\n"
 
 
@@ -78,6 +85,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--encoder-rate", type=float, default=None,
                         help="images/s one vision encoder replica takes, to size the preprocessing for")
+    parser.add_argument("--core-price", type=float, default=None,
+                        help="USD per CPU core-hour, for the preprocessing's cost per 1,000 images")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
 
@@ -87,7 +96,7 @@ def main() -> None:
     results = {str(size): asyncio.run(cpu_ms_per_photo(
         photos, dataclasses.replace(settings, height=size, width=size), args.rounds)) for size in sizes}
     report = {"machine": machine(), "preset": args.preset, "sizes": sizes, "rounds": args.rounds,
-              "encoder_rate": args.encoder_rate,
+              "encoder_rate": args.encoder_rate, "core_price": args.core_price,
               "command": "python -m benchmarks.preprocessing " + " ".join(sys.argv[1:]),
               "photos": [{"megapixels": mp, "kilobytes": round(len(base64.b64decode(photo.split(",", 1)[1])) / 1e3)}
                          for mp, photo in zip(MEGAPIXELS, photos)],

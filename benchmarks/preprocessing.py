@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import dataclasses
 import statistics
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from benchmarks.serving import MEGAPIXELS, REPO, machine, preset_checkpoint, realistic_jpegs, write_report
 from deployments.core.checkpoint import ImageSettings
-from deployments.core.images import DecodeOptions, preprocess_references
+from deployments.core.images import DecodeOptions, image_bytes, preprocess_references
 
 MODES = {"reference": DecodeOptions(), "jpeg_draft": DecodeOptions(jpeg_draft=True)}
 
@@ -98,7 +97,7 @@ def main() -> None:
     report = {"machine": machine(), "preset": args.preset, "sizes": sizes, "rounds": args.rounds,
               "encoder_rate": args.encoder_rate, "core_price": args.core_price,
               "command": "python -m benchmarks.preprocessing " + " ".join(sys.argv[1:]),
-              "photos": [{"megapixels": mp, "kilobytes": round(len(base64.b64decode(photo.split(",", 1)[1])) / 1e3)}
+              "photos": [{"megapixels": mp, "kilobytes": round(len(image_bytes(photo)) / 1e3)}
                          for mp, photo in zip(MEGAPIXELS, photos)],
               "results": results,
               "mean_ms": {size: {mode: round(statistics.mean(times), 1) for mode, times in by_mode.items()}

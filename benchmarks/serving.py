@@ -168,16 +168,19 @@ def limit_rates(limit: dict) -> dict:
     return {key: limit[key] for key in _LIMIT_RATES if key in limit}
 
 
+def prepared_pixels(photos: list[str], settings: ImageSettings,
+                    options: DecodeOptions = DecodeOptions()) -> np.ndarray:
+    """The photos' pixels as the preprocessor prepares them."""
+    return asyncio.run(preprocess_references(photos, [f"photo[{i}]" for i in range(len(photos))],
+                                             settings, options))
+
+
 def jpeg_draft_deviation(model: str, photos: list[str]) -> dict:
     """How far `jpeg_draft` moves the pixels and the image embeddings from the reference
     decode, on the benchmark's photographs (embeddings of this checkpoint's random weights)."""
     vision = VisionEncoderCore.from_pretrained(model, device="cpu", dtype="float32")
-    params = [f"photo[{i}]" for i in range(len(photos))]
-
-    def pixels(options: DecodeOptions) -> np.ndarray:
-        return asyncio.run(preprocess_references(photos, params, vision.settings, options))
-
-    exact, drafted = pixels(DecodeOptions()), pixels(DecodeOptions(jpeg_draft=True))
+    exact = prepared_pixels(photos, vision.settings)
+    drafted = prepared_pixels(photos, vision.settings, DecodeOptions(jpeg_draft=True))
     difference = np.abs(exact.astype(int) - drafted.astype(int))
     cosines = np.sum(vision.encode(exact).vectors * vision.encode(drafted).vectors, axis=1)
     return {"max_abs_pixel_diff": int(difference.max()), "mean_abs_pixel_diff": round(float(difference.mean()), 3),
@@ -187,8 +190,7 @@ def jpeg_draft_deviation(model: str, photos: list[str]) -> dict:
 def bfloat16_deviation(model: str, photos: list[str]) -> dict:
     """How far bfloat16 encoders on the CPU move embeddings and classify scores from float32,
     on the benchmark's photographs and labels (this checkpoint's random weights)."""
-    settings = ImageSettings.from_pretrained(model)
-    pixels = asyncio.run(preprocess_references(photos, [f"photo[{i}]" for i in range(len(photos))], settings))
+    pixels = prepared_pixels(photos, ImageSettings.from_pretrained(model))
     prompts = [DEFAULT_HYPOTHESIS_TEMPLATE.replace("{}", label) for label in LABELS]
     params = LogitParams.from_pretrained(model)
     images, texts = {}, {}

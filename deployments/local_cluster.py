@@ -11,6 +11,9 @@ from typing import Iterator
 
 from deployments.core.checkpoint import MODEL_ENV_VAR
 
+# Read by Serve's controller and replicas when they start: set before the cluster starts.
+HAPROXY_ENV_VAR = "RAY_SERVE_ENABLE_HA_PROXY"
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -20,12 +23,16 @@ def free_port() -> int:
 
 @contextmanager
 def serve_locally(config: dict, model: str, num_cpus: int | None = None,
-                  metrics_export_port: int | None = None, timeout_s: float = 300) -> Iterator[str]:
+                  metrics_export_port: int | None = None, haproxy: bool = False,
+                  timeout_s: float = 300) -> Iterator[str]:
     """Yields the base URL of the running graph, served on a free loopback port, with `model`
     chosen through SIGLIP_MODEL as a user would. Prometheus metrics, if asked for, are on
-    `metrics_export_port`, reported every second."""
+    `metrics_export_port`, reported every second. `haproxy` puts Ray's HAProxy ingress in
+    front instead of its Python proxy, as RAY_SERVE_ENABLE_HA_PROXY=1 does for a user."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway cluster on loopback
     os.environ[MODEL_ENV_VAR] = model  # inherited by the Ray workers started below
+    if haproxy:
+        os.environ[HAPROXY_ENV_VAR] = "1"
     import ray
     from ray import serve
     from ray.serve._private import api as serve_api

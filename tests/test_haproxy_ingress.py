@@ -1,0 +1,25 @@
+"""The graph behind Ray's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1), the ingress README
+recommends on Linux: the same answers and the same errors as behind Ray's Python proxy, and no
+HAProxy process left holding the port after shutdown."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_the_graph_answers_the_same_behind_haproxy(tiny_checkpoint):
+    script = Path(__file__).with_name("haproxy_check.py")
+    run = subprocess.run([sys.executable, str(script), tiny_checkpoint], capture_output=True, text=True,
+                         timeout=480)
+    assert run.returncode == 0, run.stderr[-3000:]
+    # Ray may print its own lines after ours; the report is the one JSON line we print.
+    report = json.loads(next(line for line in run.stdout.splitlines() if line.startswith('{"haproxy_pids"')))
+    assert report["haproxy_pids"], "no HAProxy process: the check ran behind the Python proxy"
+    assert report["health"] == 200
+    assert report["image_max_abs_diff"] < 1e-5
+    assert report["concurrent_max_abs_diff"] < 1e-5
+    undecodable, too_big = report["errors"]["undecodable"], report["errors"]["too_big"]
+    assert undecodable["status"] == 400 and undecodable["body"]["error"]["code"] == "invalid_image"
+    assert too_big["status"] == 413 and "(max_body_bytes)" in too_big["body"]["error"]["message"]
+    assert report["haproxy_pids_after_shutdown"] == []

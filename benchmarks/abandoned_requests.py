@@ -18,10 +18,9 @@ import json
 import time
 
 from benchmarks.load import closed_loop
-from benchmarks.serving import (add_graph_arguments, configure_graph, forward_passes_between,
-                                graph_batch_stats, preset_checkpoint, ray_cpu_seconds,
-                                realistic_jpegs, send, serve_config, wait_until_idle, workloads)
-from deployments.local_cluster import serve_locally
+from benchmarks.serving import (add_graph_arguments, forward_passes_between, graph_batch_stats,
+                                preset_checkpoint, ray_cpu_seconds, realistic_jpegs, send, serve_config,
+                                serve_graph, wait_until_idle, workloads)
 
 
 def main() -> None:
@@ -38,7 +37,7 @@ def main() -> None:
     model = preset_checkpoint(args.preset)
     workload = {w.name: w for w in workloads(realistic_jpegs())}[args.workload]
 
-    with serve_locally(config, model, num_cpus=configure_graph(config, args)) as url:
+    with serve_graph(config, model, args) as url:
         send(url, workload, timeout_s=600).raise_for_status()  # unmeasured: pays for lazy set-up
         wait_until_idle(ray_cpu_seconds)
         load = asyncio.run(closed_loop(url, workload.path, workload.next_body, args.clients,

@@ -31,10 +31,9 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from benchmarks.serving import (MEGAPIXELS, REPO, add_graph_arguments, configure_graph, graph_setting,
-                                machine, naive_server, preset_checkpoint, ray_cpu_seconds,
-                                realistic_jpegs, serve_config, wait_until_idle, write_report)
-from deployments.local_cluster import serve_locally
+from benchmarks.serving import (MEGAPIXELS, REPO, add_graph_arguments, graph_setting, machine, naive_server,
+                                preset_checkpoint, ray_cpu_seconds, realistic_jpegs, serve_config, serve_graph,
+                                wait_until_idle, write_report)
 
 FLOOR_APP = {"name": "floor", "route_prefix": "/floor", "import_path": "benchmarks.serve_floor:app"}
 
@@ -106,13 +105,13 @@ def main() -> None:
 
     model = preset_checkpoint(args.preset)
     config = serve_config()
-    ray_cpus = configure_graph(config, args)  # as benchmarks/serving.py runs the graph
     config["applications"].append(FLOOR_APP)
     graph_requests = requests(args.photos)
     naive_requests = {name: request for name, request in graph_requests.items() if request[1] is not None}
 
     samples: dict[tuple[str, str], list[list[float]]] = {}
-    with serve_locally(config, model, num_cpus=ray_cpus) as graph_url, naive_server(model) as (naive_url, _):
+    # Deployed as benchmarks/serving.py deploys the graph.
+    with serve_graph(config, model, args) as graph_url, naive_server(model) as (naive_url, _):
         # Replicas keep importing and warming up for a while after Serve reports them running.
         wait_until_idle(ray_cpu_seconds)
         for _ in range(args.rounds):

@@ -17,10 +17,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.serving import (REPO, add_graph_arguments, configure_graph, graph_setting, machine,
-                                preset_checkpoint, ray_cpu_seconds, serve_config, wait_until_idle,
-                                write_report)
-from deployments.local_cluster import serve_locally
+from benchmarks.serving import (REPO, add_graph_arguments, graph_setting, machine, preset_checkpoint,
+                                ray_cpu_seconds, serve_config, serve_graph, wait_until_idle, write_report)
 
 SETTLE_S = 20
 
@@ -69,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = serve_config()
-    with serve_locally(config, preset_checkpoint(args.preset), num_cpus=configure_graph(config, args)):
+    with serve_graph(config, preset_checkpoint(args.preset), args):
         # Replicas keep importing and warming up for a while after Serve reports them running,
         # and Serve's first autoscaling and health-check rounds follow.
         wait_until_idle(ray_cpu_seconds)

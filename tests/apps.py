@@ -1,11 +1,16 @@
-"""Extra copies of the app, deployed beside the test session's one for a single test module,
-and what the tests ask Serve about the replicas of an app."""
+"""Extra copies of the app, deployed beside the test session's one for a single test module;
+checks that need a cluster of their own; and what the tests ask Serve about the replicas of an
+app."""
 
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
 
 
@@ -38,6 +43,16 @@ def app_beside(serve_config: dict, name: str, route_prefix: str,
         yield redeploy
     finally:
         _deploy([session_app])
+
+
+def run_check_script(script: str, checkpoint: str, first_key: str) -> dict:
+    """Runs `tests/<script> CHECKPOINT` in a process of its own, for a cluster that cannot share
+    the test session's Ray, and returns the JSON report it prints: the one line that starts with
+    `first_key` (Ray may print its own lines after it)."""
+    run = subprocess.run([sys.executable, str(Path(__file__).with_name(script)), checkpoint],
+                         capture_output=True, text=True, timeout=480)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(next(line for line in run.stdout.splitlines() if line.startswith(f'{{"{first_key}"')))
 
 
 def assert_openai_error(response, status: int, param: str | None = None) -> dict:

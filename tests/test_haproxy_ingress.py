@@ -2,19 +2,11 @@
 recommends on Linux: the same answers and the same errors as behind Ray's Python proxy, and no
 HAProxy process left holding the port after shutdown."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from tests.apps import run_check_script
 
 
 def test_the_graph_answers_the_same_behind_haproxy(tiny_checkpoint):
-    script = Path(__file__).with_name("haproxy_check.py")
-    run = subprocess.run([sys.executable, str(script), tiny_checkpoint], capture_output=True, text=True,
-                         timeout=480)
-    assert run.returncode == 0, run.stderr[-3000:]
-    # Ray may print its own lines after ours; the report is the one JSON line we print.
-    report = json.loads(next(line for line in run.stdout.splitlines() if line.startswith('{"haproxy_pids"')))
+    report = run_check_script("haproxy_check.py", tiny_checkpoint, "haproxy_pids")
     assert report["haproxy_pids"], "no HAProxy process: the check ran behind the Python proxy"
     assert report["health"] == 200
     assert report["image_max_abs_diff"] < 1e-5

@@ -4,19 +4,11 @@ on the CPU and says so."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from tests.apps import run_check_script
 
 
 def test_encoders_sit_on_gpu_nodes_and_cross_node_requests_are_correct(tiny_checkpoint):
-    script = Path(__file__).with_name("multinode_check.py")
-    run = subprocess.run([sys.executable, str(script), tiny_checkpoint], capture_output=True, text=True,
-                         timeout=480)
-    assert run.returncode == 0, run.stderr[-3000:]
-    # Ray may print its own lines after ours; the report is the one JSON line we print.
-    report = json.loads(next(line for line in run.stdout.splitlines() if line.startswith('{"gpu_nodes"')))
+    report = run_check_script("multinode_check.py", tiny_checkpoint, "gpu_nodes")
     gpu_nodes = set(report["gpu_nodes"])
     for encoder in ("VisionEncoder", "TextEncoder"):
         assert len(report["nodes"][encoder]) == 2

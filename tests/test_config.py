@@ -1,6 +1,7 @@
 """serve_config.yaml says what it means: Ray silently drops keys it does not know, so every key
 is checked here against Ray's own schema, and the graph's resource requests are checked too. So
-are the environment variables README recommends, which Ray ignores as silently when unknown."""
+are the environment variables README recommends and the app sets, which Ray ignores as
+silently when unknown."""
 
 from __future__ import annotations
 
@@ -140,20 +141,57 @@ def test_encoders_scale_when_a_full_batch_waits(serve_config, name):
     assert deployment["autoscaling_config"]["target_ongoing_requests"] == batching.max_batch_size
 
 
-# The names in Ray 2.60's source under which Serve keeps each variable's value.
-RAY_CONSTANT_OF = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "CONTROL_LOOP_INTERVAL_S",
-                   "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS"}
+def read_in_a_fresh_process(env: dict[str, str], expressions: list[str]) -> list:
+    """`expressions`, over Serve's modules, evaluated in a new Python process with `env` set, as
+    a Ray process started with those variables reads them."""
+    script = ("import json, sys; from ray.serve._private import constants, handle_options, replica; "
+              "from ray.serve._private.request_router import replica_wrapper; "
+              "print(json.dumps([eval(expression) for expression in sys.argv[1:]]))")
+    read_back = subprocess.run([sys.executable, "-c", script, *expressions], env={**os.environ, **env},
+                               capture_output=True, text=True, check=True)
+    return json.loads(read_back.stdout.splitlines()[-1])
 
 
 def test_ray_reads_every_variable_of_the_quiet_control_plane():
     """Ray ignores a variable it does not know, as it does a YAML key: README's advice for
     small machines must still reach Serve after a Ray upgrade."""
-    assert set(RAY_CONSTANT_OF) == set(QUIET_CONTROL_PLANE)
-    script = ("import json, sys; from ray.serve._private import constants; "
-              "print(json.dumps({name: getattr(constants, name) for name in sys.argv[1:]}))")
-    read_back = subprocess.run([sys.executable, "-c", script, *RAY_CONSTANT_OF.values()],
-                               env={**os.environ, **QUIET_CONTROL_PLANE}, capture_output=True,
-                               text=True, check=True)
-    values = json.loads(read_back.stdout.splitlines()[-1])
-    assert {name: values[constant] for name, constant in RAY_CONSTANT_OF.items()} == \
-        {name: float(value) for name, value in QUIET_CONTROL_PLANE.items()}
+    # Where Ray 2.60 keeps each variable's value.
+    read_as = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "constants.CONTROL_LOOP_INTERVAL_S",
+               "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "constants.RAY_SERVE_METRICS_EXPORT_INTERVAL_MS"}
+    assert set(read_as) == set(QUIET_CONTROL_PLANE)
+    assert read_in_a_fresh_process(QUIET_CONTROL_PLANE, list(read_as.values())) == \
+        [float(QUIET_CONTROL_PLANE[name]) for name in read_as]
+
+
+def test_serve_reads_every_variable_of_the_apps_runtime_env(serve_config):
+    """The app's replicas start with these variables: their stage calls go over Serve's gRPC
+    transport, and neither end of a call caps its message below what the limits let through."""
+    env_vars = serve_config["applications"][0]["runtime_env"]["env_vars"]
+    expected = [("RAY_SERVE_USE_GRPC_BY_DEFAULT", "handle_options.DynamicHandleOptions()._by_reference", False),
+                ("RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH",  # the caller's cap on answers
+                 "replica_wrapper.RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH", 2**31 - 1),
+                ("RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH",  # the replica's cap on calls
+                 "replica.RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH", 2**31 - 1)]
+    assert set(env_vars) == {name for name, _, _ in expected}
+    assert read_in_a_fresh_process(env_vars, [expression for _, expression, _ in expected]) == \
+        [value for _, _, value in expected]
+
+
+def test_the_running_ingress_sends_its_stage_calls_over_grpc(serve_url):
+    """The app's runtime_env reached its replicas: the Ingress's handles use Serve's gRPC
+    transport (a DeploymentHandle keeps the transport of the process that made it)."""
+    import ray
+
+    from tests.apps import replica_actors
+
+    def handles_by_reference(replica) -> list[bool]:
+        from ray.serve.context import _get_internal_replica_context
+
+        ingress = _get_internal_replica_context().servable_object
+        return [handle.handle_options._by_reference
+                for handle in (ingress._preprocessor, ingress._vision, ingress._text, ingress._fusion)]
+
+    replicas = replica_actors("siglip", "Ingress")
+    assert replicas
+    for replica in replicas:
+        assert ray.get(replica.__ray_call__.remote(handles_by_reference), timeout=30) == [False] * 4

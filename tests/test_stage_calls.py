@@ -8,7 +8,7 @@ import asyncio
 import json
 
 import pytest
-from ray.exceptions import ActorDiedError
+from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.exceptions import BackPressureError
 
 from deployments.core.images import ImageInputError
@@ -42,8 +42,12 @@ def _run(stage_calls, policy=FAST):
     return asyncio.run(run_stage_calls(stage_calls, policy))
 
 
-def test_a_replica_death_is_retried_until_the_call_succeeds():
-    stage_calls, attempts = _calls(ActorDiedError(), ActorDiedError(), "embeddings")
+# Over Ray's actor calls a dead replica raises ActorDiedError; over Serve's gRPC transport, a
+# replica it cannot reach raises ActorUnavailableError, as Serve turns gRPC's UNAVAILABLE.
+@pytest.mark.parametrize("death", [ActorDiedError(),
+                                   ActorUnavailableError("Actor is unavailable.", None)])
+def test_a_replica_death_is_retried_until_the_call_succeeds(death):
+    stage_calls, attempts = _calls(death, death, "embeddings")
     assert _run(stage_calls) == ["embeddings", None]
     assert len(attempts) == 3
 

@@ -49,7 +49,7 @@ from deployments.core.encoders import TextEncoderCore, VisionEncoderCore
 from deployments.core.images import DecodeOptions, preprocess_references
 from deployments.core.random_checkpoint import make_checkpoint
 from deployments.core.scoring import pair_scores
-from deployments.local_cluster import HAPROXY_PACKAGE_DIR, free_port, running_replicas, serve_locally
+from deployments.local_cluster import HAPROXY_PACKAGE_DIR, free_port, replica_actors, serve_locally
 from deployments.protocol import DEFAULT_HYPOTHESIS_TEMPLATE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -302,7 +302,11 @@ def run_loads(system: str, base_url: str, chosen: list[Workload], args, rates: d
                    **result.summary(workload.items_per_request)}
             row["cpu_ms_per_request"] = _cpu_ms_per_request(cpu_before, cpu_seconds(), row["requests"])
             if batch_stats:
-                row["mean_batch"] = _mean_batches(before, batch_stats())
+                passes = forward_passes_between(before, batch_stats())
+                row["mean_batch"] = {encoder: mean_batch(counts) for encoder, counts in passes.items()}
+                row["forward_passes"] = {encoder: None if counts is None else
+                                         {size: n for size, n in sorted(counts.items()) if n}
+                                         for encoder, counts in passes.items()}
             row["settled"] = _post(base_url, workload)
             row["idle_wait_s"] = wait_until_idle(cpu_seconds)
             rows.append(row)
@@ -355,31 +359,32 @@ def forward_passes_between(before: dict, after: dict) -> dict[str, Counter | Non
     return passes
 
 
-def _mean_batches(before: dict, after: dict) -> dict:
-    """Items per forward pass of each encoder between two `graph_batch_stats`; None if none ran
-    or a replica could not be read."""
-    means = {}
-    for encoder, passes in forward_passes_between(before, after).items():
-        total = sum(passes.values()) if passes is not None else 0
-        means[encoder] = round(sum(size * count for size, count in passes.items()) / total, 2) if total else None
-    return means
+def mean_batch(passes: Counter | None) -> float | None:
+    """Items per forward pass; None if none ran or a replica could not be read."""
+    total = sum(passes.values()) if passes is not None else 0
+    return round(sum(size * count for size, count in passes.items()) / total, 2) if total else None
 
 
 def graph_batch_stats() -> dict:
-    """Forward passes by batch size, per replica of each encoder. A handle picks a replica at
-    random, so it asks until it has heard from every running replica."""
-    from ray import serve
+    """Forward passes by batch size, per replica of each encoder, asked of every replica in
+    turn; None for an encoder one of whose replicas did not answer. Not through a handle: it
+    picks replicas by queue length, and never picked a TextEncoder replica busy with a backlog."""
+    import ray
+
+    def read(replica) -> dict | None:
+        from ray.serve.context import _get_internal_replica_context
+
+        encoder = _get_internal_replica_context().servable_object
+        return encoder.batch_stats() if encoder is not None else None  # None: still starting
 
     stats = {}
     for name in ("VisionEncoder", "TextEncoder"):
-        running = running_replicas("siglip", name)
-        handle, replicas = serve.get_deployment_handle(name, "siglip"), {}
-        for _ in range(20 * running):
-            answer = handle.batch_stats.remote().result()
-            replicas[answer["replica"]] = answer["forward_passes"]
-            if len(replicas) == running:
-                break
-        stats[name] = replicas if len(replicas) == running else None
+        try:
+            answers = ray.get([actor.__ray_call__.remote(read) for actor in replica_actors("siglip", name)],
+                              timeout=30)
+        except (ray.exceptions.RayError, TimeoutError):  # a replica died or stalled meanwhile
+            answers = [None]
+        stats[name] = None if None in answers else {a["replica"]: a["forward_passes"] for a in answers}
     return stats
 
 

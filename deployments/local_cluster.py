@@ -87,3 +87,14 @@ def replica_states(app: str, deployment: str) -> dict[str, int]:
 
 def running_replicas(app: str, deployment: str) -> int:
     return replica_states(app, deployment).get("RUNNING", 0)
+
+
+def replica_actors(app: str, deployment: str) -> list:
+    """The Ray actors of the deployment's live replicas, to reach each one in turn (a handle
+    picks replicas by queue length and may never pick a busy one)."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    return [ray.get_actor(actor["name"], namespace=actor["namespace"])
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if actor["name"].startswith(prefix)]

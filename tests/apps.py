@@ -1,6 +1,5 @@
 """Extra copies of the app, deployed beside the test session's one for a single test module;
-checks that need a cluster of their own; and what the tests ask Serve about the replicas of an
-app."""
+checks that need a cluster of their own; and what the tests ask Serve about an app."""
 
 from __future__ import annotations
 
@@ -67,15 +66,6 @@ def assert_openai_error(response, status: int, param: str | None = None) -> dict
 
 def deployment_config(app: dict, name: str) -> dict:
     return next(deployment for deployment in app["deployments"] if deployment["name"] == name)
-
-
-def replica_actors(app: str, deployment: str) -> list:
-    import ray
-
-    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
-    return [ray.get_actor(actor["name"], namespace=actor["namespace"])
-            for actor in ray.util.list_named_actors(all_namespaces=True)
-            if actor["name"].startswith(prefix)]
 
 
 def wait_until_running(app: str, timeout_s: float = 120) -> None:

@@ -182,7 +182,7 @@ def test_the_running_ingress_sends_its_stage_calls_over_grpc(serve_url):
     transport (a DeploymentHandle keeps the transport of the process that made it)."""
     import ray
 
-    from tests.apps import replica_actors
+    from deployments.local_cluster import replica_actors
 
     def handles_by_reference(replica) -> list[bool]:
         from ray.serve.context import _get_internal_replica_context

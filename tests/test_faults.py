@@ -12,7 +12,8 @@ import httpx
 import numpy as np
 import ray
 
-from tests.apps import replica_actors, wait_until_running
+from deployments.local_cluster import replica_actors
+from tests.apps import wait_until_running
 from tests.photos import data_uri, photos
 
 APP = "siglip"

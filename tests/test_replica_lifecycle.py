@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from ray import serve
 
-from deployments.local_cluster import running_replicas
-from tests.apps import app_beside, deployment_config, replica_actors, wait_until_running
+from deployments.local_cluster import replica_actors, running_replicas
+from tests.apps import app_beside, deployment_config, wait_until_running
 from tests.photos import data_uri, photos
 
 APP = "siglip-lifecycle"

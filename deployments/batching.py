@@ -23,14 +23,14 @@ class BatchedEncoder:
     forward pass runs in a worker thread, so the next batch keeps filling while it computes.
     """
 
-    config_model: ClassVar[type[BatchingConfig]] = BatchingConfig
+    config_model: ClassVar[type[BatchingConfig]]
 
     def __init__(self, core, torch_threads: int | None):
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
         self._core = core
         self.config = self.config_model()
-        self._batcher = Batcher(self._encode_batch, self.config.max_batch_size,
+        self._batcher = Batcher(self._encode_batch, self._max_batch_size(),
                                 self.config.batch_wait_timeout_s)
         self._batch_sizes: Counter[int] = Counter()  # achieved batch size -> forward passes
         self.metrics = EncoderMetrics()
@@ -38,13 +38,16 @@ class BatchedEncoder:
     def reconfigure(self, user_config: dict) -> None:
         """serve_config.yaml's `user_config`; applied in place, without a restart."""
         self.config = self.config_model.model_validate(user_config)
-        self._batcher.max_batch_size = self.config.max_batch_size
+        self._batcher.max_batch_size = self._max_batch_size()
         self._batcher.batch_wait_timeout_s = self.config.batch_wait_timeout_s
+
+    def _max_batch_size(self) -> int:
+        return self.config.max_batch_size_on(self._core.device.type)
 
     def effective_config(self) -> dict[str, Any]:
         """What this replica really runs with, for operators and tests."""
         deployment_config = serve.get_replica_context()._deployment_config
-        return {**self.config.model_dump(),
+        return {**self.config.model_dump(), "device": self._core.device.type,
                 "batcher_max_batch_size": self._batcher.max_batch_size,
                 "batcher_wait_timeout_s": self._batcher.batch_wait_timeout_s,
                 "max_ongoing_requests": deployment_config.max_ongoing_requests}
@@ -68,7 +71,7 @@ class BatchedEncoder:
         return await self._encode_items(items)
 
     async def _encode_items(self, items: Sequence) -> Embeddings:
-        size = self.config.max_batch_size
+        size = self._batcher.max_batch_size
         chunks = [items[start:start + size] for start in range(0, len(items), size)]
         return Embeddings.concatenate(await asyncio.gather(*map(self._batcher.submit, chunks)))
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -82,13 +82,28 @@ class SiglipAppArgs(_Strict):
 class BatchingConfig(_Strict):
     """An encoder's dynamic batching, counted in items (images or texts), not requests."""
 
-    max_batch_size: int = Field(32, ge=1, le=4096)
+    # What `auto` means on each device. A GPU needs large batches for its throughput. On a CPU
+    # one image, or a few texts, already keep the matrix units busy: larger batches cost about
+    # as much per item, and only hold each request until a longer forward pass ends.
+    AUTO_MAX_BATCH_SIZE: ClassVar[dict[str, int]]
+
+    max_batch_size: Literal["auto"] | Annotated[int, Field(ge=1, le=4096)] = "auto"
     batch_wait_timeout_s: float = Field(
         0, ge=0, le=10, description="How long a batch that is not full waits for more items "
         "before its forward pass. 0: none, as Triton's dynamic batcher by default; batches still "
         "form under load, from whatever arrives during the previous forward pass.")
 
+    def max_batch_size_on(self, device_type: str) -> int:
+        """Items per forward pass for an encoder on `device_type` ("cuda" or "cpu")."""
+        return self.AUTO_MAX_BATCH_SIZE[device_type] if self.max_batch_size == "auto" else self.max_batch_size
+
+
+class VisionEncoderConfig(BatchingConfig):
+    AUTO_MAX_BATCH_SIZE: ClassVar[dict[str, int]] = {"cuda": 32, "cpu": 8}
+
 
 class TextEncoderConfig(BatchingConfig):
+    AUTO_MAX_BATCH_SIZE: ClassVar[dict[str, int]] = {"cuda": 64, "cpu": 16}
+
     cache_size: int = Field(20_000, ge=0, description="Text embeddings kept in the LRU cache; "
                             "0 turns it off.")

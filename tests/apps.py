@@ -12,6 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from deployments.config import TextEncoderConfig, VisionEncoderConfig
+
+# The model that reads each encoder deployment's user_config.
+USER_CONFIG_MODELS = {"VisionEncoder": VisionEncoderConfig, "TextEncoder": TextEncoderConfig}
+
 
 def _deploy(applications: list[dict]) -> None:
     from ray.serve.context import _get_global_client

@@ -14,7 +14,7 @@ import openai
 import pytest
 from ray import serve
 
-from tests.apps import assert_openai_error
+from tests.apps import USER_CONFIG_MODELS, assert_openai_error
 from tests.photos import camera_sized_jpeg, data_uri, photos
 
 ATOL = 1e-5
@@ -270,15 +270,16 @@ def test_configured_batching_reaches_the_replicas(serve_url, serve_config, name)
     effective = serve.get_deployment_handle(name, APP).effective_config.remote().result()
     for key, value in configured["user_config"].items():
         assert effective[key] == value, key
-    assert effective["batcher_max_batch_size"] == configured["user_config"]["max_batch_size"]
+    batching = USER_CONFIG_MODELS[name].model_validate(configured["user_config"])
+    assert effective["batcher_max_batch_size"] == batching.max_batch_size_on(effective["device"])
     assert effective["batcher_wait_timeout_s"] == configured["user_config"]["batch_wait_timeout_s"]
     assert effective["max_ongoing_requests"] == configured["max_ongoing_requests"]
 
 
 def test_a_request_larger_than_max_batch_size_is_split_and_reassembled(client, reference, serve_config):
     """Ray refuses one call bigger than a batch; the encoder cuts it into batch-sized chunks."""
-    vision_batch = next(d for d in serve_config["applications"][0]["deployments"]
-                        if d["name"] == "VisionEncoder")["user_config"]["max_batch_size"]
+    vision = serve.get_deployment_handle("VisionEncoder", APP)
+    vision_batch = vision.effective_config.remote().result()["batcher_max_batch_size"]
     count = vision_batch + 7
     assert count <= serve_config["applications"][0]["args"]["limits"]["max_images_per_request"]
     raws = [RAWS[i % len(RAWS)] for i in range(count)]

@@ -18,11 +18,11 @@ from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
 import deployments.app as app_module
-from deployments.config import BatchingConfig, SiglipAppArgs, TextEncoderConfig
+from deployments.config import SiglipAppArgs, TextEncoderConfig, VisionEncoderConfig
 from deployments.local_cluster import QUIET_CONTROL_PLANE
+from tests.apps import USER_CONFIG_MODELS
 
 # Fields Ray types as plain dicts, with the model that really reads them.
-USER_CONFIG_MODELS = {"VisionEncoder": BatchingConfig, "TextEncoder": TextEncoderConfig}
 DICT_FIELD_MODELS = {"autoscaling_config": AutoscalingConfig, "args": SiglipAppArgs}
 
 
@@ -89,7 +89,17 @@ def test_encoder_batches_fit_within_max_ongoing_requests(serve_config, name):
     """Ray never lets a batch hold more calls than max_ongoing_requests."""
     deployment = _deployment_configs(serve_config)[name]
     batching = USER_CONFIG_MODELS[name].model_validate(deployment["user_config"])
-    assert deployment["max_ongoing_requests"] >= batching.max_batch_size
+    assert deployment["max_ongoing_requests"] >= max(batching.max_batch_size_on(device) for device in ("cuda", "cpu"))
+
+
+@pytest.mark.parametrize("config_model", [VisionEncoderConfig, TextEncoderConfig])
+def test_auto_batch_size_is_smaller_on_a_cpu_and_a_number_wins_everywhere(config_model):
+    auto = config_model.model_validate({"max_batch_size": "auto"})
+    assert auto.max_batch_size_on("cpu") < auto.max_batch_size_on("cuda")
+    fixed = config_model.model_validate({"max_batch_size": 5})
+    assert fixed.max_batch_size_on("cpu") == fixed.max_batch_size_on("cuda") == 5
+    with pytest.raises(ValueError):
+        config_model.model_validate({"max_batch_size": "big"})
 
 
 def _built(args: SiglipAppArgs):
@@ -135,10 +145,10 @@ def test_every_deployment_autoscales_with_explicit_delays(serve_config):
 
 
 @pytest.mark.parametrize("name", sorted(USER_CONFIG_MODELS))
-def test_encoders_scale_when_a_full_batch_waits(serve_config, name):
+def test_encoders_scale_when_a_full_batch_waits_on_a_gpu(serve_config, name):
     deployment = _deployment_configs(serve_config)[name]
     batching = USER_CONFIG_MODELS[name].model_validate(deployment["user_config"])
-    assert deployment["autoscaling_config"]["target_ongoing_requests"] == batching.max_batch_size
+    assert deployment["autoscaling_config"]["target_ongoing_requests"] == batching.max_batch_size_on("cuda")
 
 
 def read_in_a_fresh_process(env: dict[str, str], expressions: list[str]) -> list:

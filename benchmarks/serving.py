@@ -49,7 +49,7 @@ from deployments.core.encoders import TextEncoderCore, VisionEncoderCore
 from deployments.core.images import DecodeOptions, preprocess_references
 from deployments.core.random_checkpoint import make_checkpoint
 from deployments.core.scoring import pair_scores
-from deployments.local_cluster import HAPROXY_PACKAGE_DIR, free_port, replica_actors, serve_locally
+from deployments.local_cluster import HAPROXY_PACKAGE_DIR, ask_each_replica, free_port, serve_locally
 from deployments.protocol import DEFAULT_HYPOTHESIS_TEMPLATE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -371,17 +371,10 @@ def graph_batch_stats() -> dict:
     picks replicas by queue length, and never picked a TextEncoder replica busy with a backlog."""
     import ray
 
-    def read(replica) -> dict | None:
-        from ray.serve.context import _get_internal_replica_context
-
-        encoder = _get_internal_replica_context().servable_object
-        return encoder.batch_stats() if encoder is not None else None  # None: still starting
-
     stats = {}
     for name in ("VisionEncoder", "TextEncoder"):
         try:
-            answers = ray.get([actor.__ray_call__.remote(read) for actor in replica_actors("siglip", name)],
-                              timeout=30)
+            answers = ask_each_replica("siglip", name, lambda encoder: encoder.batch_stats())
         except (ray.exceptions.RayError, TimeoutError):  # a replica died or stalled meanwhile
             answers = [None]
         stats[name] = None if None in answers else {a["replica"]: a["forward_passes"] for a in answers}
@@ -620,11 +613,12 @@ def main() -> None:
     config = serve_config()
     batching = {d["name"]: d.get("user_config", {}) for d in config["applications"][0]["deployments"]}
 
+    # The limit runs at a GPU's batch sizes, the largest the graph runs, on every device: on a
+    # CPU the graph batches less, at about the same cost per item (README, "How it is built").
+    vision_batch = VisionEncoderConfig.model_validate(batching["VisionEncoder"]).max_batch_size_on("cuda")
+    text_batch = TextEncoderConfig.model_validate(batching["TextEncoder"]).max_batch_size_on("cuda")
+
     def limit_now() -> dict:
-        # At a GPU's batch sizes, the largest the graph runs, on every device: on a CPU the
-        # graph batches less, at about the same cost per item (README, "How it is built").
-        vision_batch = VisionEncoderConfig.model_validate(batching["VisionEncoder"]).max_batch_size_on("cuda")
-        text_batch = TextEncoderConfig.model_validate(batching["TextEncoder"]).max_batch_size_on("cuda")
         limit = measure_limit(model, vision_batch, text_batch, seconds=max(3.0, args.duration / 3),
                               dtype=args.dtype)
         print(f"limit: {limit}", flush=True)

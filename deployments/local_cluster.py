@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import socket
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 from deployments.core.checkpoint import MODEL_ENV_VAR
 
@@ -98,3 +98,20 @@ def replica_actors(app: str, deployment: str) -> list:
     return [ray.get_actor(actor["name"], namespace=actor["namespace"])
             for actor in ray.util.list_named_actors(all_namespaces=True)
             if actor["name"].startswith(prefix)]
+
+
+def ask_each_replica(app: str, deployment: str, question: Callable[[Any], Any],
+                     timeout_s: float = 30) -> list:
+    """`question(the deployment's object)` answered inside each live replica, through Ray's
+    `__ray_call__`; None from a replica still starting. Raises what `ray.get` raises if a
+    replica dies or stalls meanwhile."""
+    import ray
+
+    def ask(replica) -> Any:
+        from ray.serve.context import _get_internal_replica_context
+
+        servable = _get_internal_replica_context().servable_object
+        return None if servable is None else question(servable)
+
+    return ray.get([actor.__ray_call__.remote(ask) for actor in replica_actors(app, deployment)],
+                   timeout=timeout_s)

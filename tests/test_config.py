@@ -89,7 +89,7 @@ def test_encoder_batches_fit_within_max_ongoing_requests(serve_config, name):
     """Ray never lets a batch hold more calls than max_ongoing_requests."""
     deployment = _deployment_configs(serve_config)[name]
     batching = USER_CONFIG_MODELS[name].model_validate(deployment["user_config"])
-    assert deployment["max_ongoing_requests"] >= max(batching.max_batch_size_on(device) for device in ("cuda", "cpu"))
+    assert deployment["max_ongoing_requests"] >= max(map(batching.max_batch_size_on, batching.AUTO_MAX_BATCH_SIZE))
 
 
 @pytest.mark.parametrize("config_model", [VisionEncoderConfig, TextEncoderConfig])
@@ -190,18 +190,13 @@ def test_serve_reads_every_variable_of_the_apps_runtime_env(serve_config):
 def test_the_running_ingress_sends_its_stage_calls_over_grpc(serve_url):
     """The app's runtime_env reached its replicas: the Ingress's handles use Serve's gRPC
     transport (a DeploymentHandle keeps the transport of the process that made it)."""
-    import ray
+    from deployments.local_cluster import ask_each_replica
 
-    from deployments.local_cluster import replica_actors
-
-    def handles_by_reference(replica) -> list[bool]:
-        from ray.serve.context import _get_internal_replica_context
-
-        ingress = _get_internal_replica_context().servable_object
+    def handles_by_reference(ingress) -> list[bool]:
         return [handle.handle_options._by_reference
                 for handle in (ingress._preprocessor, ingress._vision, ingress._text, ingress._fusion)]
 
-    replicas = replica_actors("siglip", "Ingress")
-    assert replicas
-    for replica in replicas:
-        assert ray.get(replica.__ray_call__.remote(handles_by_reference), timeout=30) == [False] * 4
+    answers = ask_each_replica("siglip", "Ingress", handles_by_reference)
+    assert answers
+    for answer in answers:
+        assert answer == [False] * 4

@@ -16,6 +16,12 @@ REPO = Path(__file__).resolve().parent.parent
 SERVE_CONFIG = REPO / "serve_config.yaml"
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that start a Ray cluster of their own run first: once the session's cluster is up
+    it takes CPU from them (on 2 cores, 100 s instead of 55-70 s each)."""
+    items.sort(key=lambda item: item.get_closest_marker("own_cluster") is None)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> str:
     """A random-weight checkpoint of the real architecture: its outputs are meaningless, but

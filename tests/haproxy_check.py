@@ -38,6 +38,9 @@ def main(checkpoint: str) -> None:
     for variable in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
                      "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"):
         os.environ[variable] = str(free_port())
+    # A stopping Ingress replica stays reachable this long so that HAProxy takes it out of
+    # rotation first: 30 s by default, all of it spent at this check's shutdown.
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     config["applications"][0]["args"]["limits"] = {"max_body_bytes": MAX_BODY_BYTES}
 

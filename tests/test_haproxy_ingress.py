@@ -2,9 +2,12 @@
 recommends on Linux: the same answers and the same errors as behind Ray's Python proxy, and no
 HAProxy process left holding the port after shutdown."""
 
+import pytest
+
 from tests.apps import run_check_script
 
 
+@pytest.mark.own_cluster
 def test_the_graph_answers_the_same_behind_haproxy(tiny_checkpoint):
     report = run_check_script("haproxy_check.py", tiny_checkpoint, "haproxy_pids")
     assert report["haproxy_pids"], "no HAProxy process: the check ran behind the Python proxy"

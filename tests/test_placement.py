@@ -4,9 +4,12 @@ on the CPU and says so."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.apps import run_check_script
 
 
+@pytest.mark.own_cluster
 def test_encoders_sit_on_gpu_nodes_and_cross_node_requests_are_correct(tiny_checkpoint):
     report = run_check_script("multinode_check.py", tiny_checkpoint, "gpu_nodes")
     gpu_nodes = set(report["gpu_nodes"])

@@ -11,7 +11,7 @@ from ray import serve
 
 from deployments.config import BatchingConfig
 from deployments.core.batcher import Batcher
-from deployments.core.encoders import Embeddings
+from deployments.core.embeddings import Embeddings
 from deployments.metrics import EncoderMetrics
 
 

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.config import InputLimits
 from deployments.core.cache import LRUCache, get_or_compute
-from deployments.core.encoders import Embeddings
+from deployments.core.embeddings import Embeddings
 from deployments.core.images import ImageInputError
 from deployments.errors import ApiError, error_response
 from deployments.gate import ApiKeys, GateSettings, RequestGate, check_request_size

@@ -6,7 +6,7 @@ from ray import serve
 
 from deployments.core import scoring
 from deployments.core.checkpoint import LogitParams
-from deployments.core.encoders import Embeddings
+from deployments.core.embeddings import Embeddings
 from deployments.metrics import StageMetrics
 
 

@@ -9,7 +9,8 @@ from ray import serve
 from deployments.batching import BatchedEncoder
 from deployments.config import TextEncoderConfig
 from deployments.core.cache import LRUCache
-from deployments.core.encoders import Embeddings, TextEncoderCore
+from deployments.core.embeddings import Embeddings
+from deployments.core.encoders import TextEncoderCore
 from deployments.core.single_flight import SingleFlight
 from deployments.metrics import TextCacheMetrics
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import SiglipModel
+from safetensors.torch import save_file
+from transformers import AutoImageProcessor, SiglipModel
 
-from deployments.core.checkpoint import resolve_model
+from deployments.core.checkpoint import ImageSettings, LogitParams, resolve_model
 from deployments.core.random_checkpoint import (RANDOM_WEIGHTS_CONFIG_KEY, RANDOM_WEIGHTS_WARNING,
                                                 build_config)
 
@@ -46,3 +47,24 @@ def test_siglip_model_env_var_overrides_the_configured_model(monkeypatch):
     assert resolve_model("google/siglip-so400m-patch14-384") == "google/siglip-so400m-patch14-384"
     monkeypatch.setenv("SIGLIP_MODEL", "/models/mine")
     assert resolve_model("google/siglip-so400m-patch14-384") == "/models/mine"
+
+
+@pytest.mark.parametrize("left_out", [None, "size", "resample", "rescale_factor", "image_mean", "image_std"])
+def test_image_settings_are_what_transformers_processor_reads(tiny_checkpoint, tmp_path, left_out):
+    """Read from the JSON without transformers, defaults included, as the processor reads them."""
+    config = json.loads((Path(tiny_checkpoint) / "preprocessor_config.json").read_text())
+    config.pop(left_out, None)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert ImageSettings.from_pretrained(str(tmp_path)) == ImageSettings(
+        height=processor.size["height"], width=processor.size["width"], resample=int(processor.resample),
+        rescale_factor=processor.rescale_factor, image_mean=tuple(processor.image_mean),
+        image_std=tuple(processor.image_std))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_logit_params_are_read_in_any_float_dtype(tmp_path, dtype):
+    scale, bias = torch.tensor([4.71], dtype=dtype), torch.tensor([-16.75], dtype=dtype)
+    save_file({"logit_scale": scale, "logit_bias": bias, "other": torch.zeros(3)},
+              tmp_path / "model.safetensors")
+    assert LogitParams.from_pretrained(str(tmp_path)) == LogitParams(scale.item(), bias.item())

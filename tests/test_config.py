@@ -200,3 +200,19 @@ def test_the_running_ingress_sends_its_stage_calls_over_grpc(serve_url):
     assert answers
     for answer in answers:
         assert answer == [False] * 4
+
+
+def test_the_cpu_stages_run_without_torch(serve_url):
+    """The Ingress, the preprocessor and ScoreFusion never import torch or transformers: each
+    of their replicas would carry about 180 MB more, and the preprocessor scales to hundreds."""
+    from deployments.local_cluster import ask_each_replica
+
+    def heavy_modules(_) -> list[str]:
+        import sys
+
+        return [name for name in ("torch", "transformers") if name in sys.modules]
+
+    for deployment in ("Ingress", "ImagePreprocessor", "ScoreFusion"):
+        answers = ask_each_replica("siglip", deployment, heavy_modules)
+        assert answers and all(answer == [] for answer in answers), (deployment, answers)
+    assert ask_each_replica("siglip", "VisionEncoder", heavy_modules)[0] == ["torch", "transformers"]

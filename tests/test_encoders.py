@@ -10,7 +10,8 @@ import torch
 from transformers import AutoTokenizer
 
 from deployments.core.checkpoint import ImageSettings
-from deployments.core.encoders import DRIFT_TOLERANCE, Embeddings, TextEncoderCore, VisionEncoderCore
+from deployments.core.embeddings import Embeddings
+from deployments.core.encoders import DRIFT_TOLERANCE, TextEncoderCore, VisionEncoderCore
 from deployments.text_encoder import TextEncoder
 from tests.photos import data_uri, photos, preprocess
 

@@ -1,19 +1,13 @@
-"""What the serving stages read from a SigLIP checkpoint (hub id or local folder), and where
-they run it."""
+"""What the serving stages read from a SigLIP checkpoint (hub id or local folder).
+
+Without transformers or torch: the Ingress, the image preprocessor and ScoreFusion import
+this, and torch would cost each of their replicas about 180 MB and 2 s more to start."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
-
-import torch
-
-from deployments.core.random_checkpoint import RANDOM_WEIGHTS_CONFIG_KEY
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "google/siglip-so400m-patch14-384"
 MODEL_ENV_VAR = "SIGLIP_MODEL"
@@ -24,24 +18,19 @@ def resolve_model(configured: str) -> str:
     return os.environ.get(MODEL_ENV_VAR) or configured
 
 
-@contextmanager
-def quiet_transformers():
-    """Loading one tower from a full SiglipModel checkpoint makes transformers print a table of
-    every weight of the other tower as 'unexpected'; that is by design here, so hide it."""
-    from transformers.utils import logging as hf_logging
+def checkpoint_file(model: str, filename: str) -> str | None:
+    """The path of one of the checkpoint's files, fetched from the hub if `model` is not a
+    local folder (honoring HF_TOKEN, HF_HOME and HF_HUB_OFFLINE); None if it has no such file."""
+    if os.path.isdir(model):
+        path = os.path.join(model, filename)
+        return path if os.path.isfile(path) else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
-    previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
     try:
-        yield
-    finally:
-        hf_logging.set_verbosity(previous)
-
-
-def warn_if_random_weights(config) -> None:
-    warning = getattr(config, RANDOM_WEIGHTS_CONFIG_KEY, None)
-    if warning:
-        logger.warning("!" * 20 + " %s " + "!" * 20, warning)
+        return hf_hub_download(model, filename)
+    except EntryNotFoundError:  # also when offline and not in the cache
+        return None
 
 
 @dataclass(frozen=True)
@@ -57,15 +46,19 @@ class ImageSettings:
 
     @classmethod
     def from_pretrained(cls, model: str) -> "ImageSettings":
-        from transformers import AutoImageProcessor
-
-        processor = AutoImageProcessor.from_pretrained(model)
-        size = processor.size
+        """From preprocessor_config.json, with SiglipImageProcessor's defaults for the keys it
+        leaves out (tests/test_checkpoint.py checks both against transformers' processor)."""
+        path = checkpoint_file(model, "preprocessor_config.json")
+        if path is None:
+            raise FileNotFoundError(f"{model} has no preprocessor_config.json")
+        with open(path) as f:
+            config = json.load(f)
+        size = config.get("size", {"height": 224, "width": 224})
         return cls(height=int(size["height"]), width=int(size["width"]),
-                   resample=int(processor.resample),
-                   rescale_factor=float(processor.rescale_factor),
-                   image_mean=tuple(float(v) for v in processor.image_mean),
-                   image_std=tuple(float(v) for v in processor.image_std))
+                   resample=int(config.get("resample", 3)),  # PIL's BICUBIC
+                   rescale_factor=float(config.get("rescale_factor", 1 / 255)),
+                   image_mean=tuple(float(v) for v in config.get("image_mean", (0.5, 0.5, 0.5))),
+                   image_std=tuple(float(v) for v in config.get("image_std", (0.5, 0.5, 0.5))))
 
 
 @dataclass(frozen=True)
@@ -78,24 +71,17 @@ class LogitParams:
     @classmethod
     def from_pretrained(cls, model: str) -> "LogitParams":
         """Reads the two scalars without loading either tower."""
-        from safetensors import safe_open
-        from transformers.utils import cached_file
-
-        def fetch(filename):
-            return cached_file(model, filename, _raise_exceptions_for_missing_entries=False)
-
-        weights_file = fetch("model.safetensors")
+        weights_file = checkpoint_file(model, "model.safetensors")
         if weights_file is None:
-            index_file = fetch("model.safetensors.index.json")
+            index_file = checkpoint_file(model, "model.safetensors.index.json")
             if index_file is None:
                 return cls._from_full_model(model)
             with open(index_file) as f:
                 weight_map = json.load(f)["weight_map"]
-            weights_file = fetch(weight_map["logit_scale"])
+            weights_file = checkpoint_file(model, weight_map["logit_scale"])
             assert weight_map["logit_bias"] == weight_map["logit_scale"], "scalars split across shards"
-        with safe_open(weights_file, framework="pt") as tensors:
-            return cls(logit_scale=float(tensors.get_tensor("logit_scale").float()),
-                       logit_bias=float(tensors.get_tensor("logit_bias").float()))
+        scale, bias = _read_scalars(weights_file, ("logit_scale", "logit_bias"))
+        return cls(logit_scale=scale, logit_bias=bias)
 
     @classmethod
     def _from_full_model(cls, model: str) -> "LogitParams":
@@ -105,29 +91,14 @@ class LogitParams:
         return cls(logit_scale=full.logit_scale.item(), logit_bias=full.logit_bias.item())
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+def _read_scalars(weights_file: str, names: tuple[str, ...]) -> list[float]:
+    """numpy reads float32 and float16 tensors; it has no bfloat16, so a checkpoint that keeps
+    these in bfloat16 costs the caller a torch import."""
+    from safetensors import safe_open
 
-
-def resolve_device(requested: str) -> torch.device:
-    """'auto' takes CUDA when torch can use it. Ray may hand a replica a GPU id that torch
-    cannot use (a fake GPU in tests, a driver mismatch): then run on the CPU, and say so."""
-    if requested == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    if requested == "cuda":
-        raise RuntimeError(f"device='cuda' was asked for, but torch cannot use CUDA "
-                           f"(CUDA_VISIBLE_DEVICES={visible!r}, torch {torch.__version__})")
-    if visible:
-        logger.warning("Ray assigned GPU ids %s to this replica, but torch %s cannot use CUDA "
-                       "there; running on the CPU.", visible, torch.__version__)
-    return torch.device("cpu")
-
-
-def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """'auto' is bfloat16 on CUDA and float32 on the CPU: the reference's precision, which the
-    CPU keeps unless asked otherwise (bfloat16 there is fast only with AMX, and 1e-3 off)."""
-    if requested == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return _DTYPES[requested]
+    try:
+        with safe_open(weights_file, framework="numpy") as tensors:
+            return [tensors.get_tensor(name).item() for name in names]
+    except TypeError:  # "data type 'bfloat16' not understood"
+        with safe_open(weights_file, framework="pt") as tensors:
+            return [tensors.get_tensor(name).item() for name in names]

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import threading
-from dataclasses import dataclass
+from contextlib import contextmanager
 from typing import Callable, Sequence
 
 import numpy as np
@@ -14,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from deployments.core import rewrites as tower_rewrites
-from deployments.core.checkpoint import (ImageSettings, quiet_transformers, resolve_device,
-                                         resolve_dtype, warn_if_random_weights)
+from deployments.core.checkpoint import ImageSettings
+from deployments.core.embeddings import Embeddings
+from deployments.core.random_checkpoint import RANDOM_WEIGHTS_CONFIG_KEY
 
 logger = logging.getLogger(__name__)
 # Outputs that move more than this are broken, not rounded: bfloat16 kernels that add in
@@ -23,41 +25,52 @@ logger = logging.getLogger(__name__)
 DRIFT_TOLERANCE = 1e-2
 
 
-@dataclass
-class Embeddings:
-    """Unit-length vectors, one row per input, and the tokens each input cost the tower
-    (text: real tokens before padding; image: patches)."""
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-    vectors: np.ndarray  # (n, dim) float32
-    tokens: np.ndarray  # (n,) int64
 
-    def __len__(self) -> int:
-        return len(self.vectors)
+def resolve_device(requested: str) -> torch.device:
+    """'auto' takes CUDA when torch can use it. Ray may hand a replica a GPU id that torch
+    cannot use (a fake GPU in tests, a driver mismatch): then run on the CPU, and say so."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if requested == "cuda":
+        raise RuntimeError(f"device='cuda' was asked for, but torch cannot use CUDA "
+                           f"(CUDA_VISIBLE_DEVICES={visible!r}, torch {torch.__version__})")
+    if visible:
+        logger.warning("Ray assigned GPU ids %s to this replica, but torch %s cannot use CUDA "
+                       "there; running on the CPU.", visible, torch.__version__)
+    return torch.device("cpu")
 
-    @classmethod
-    def concatenate(cls, parts: Sequence["Embeddings"]) -> "Embeddings":
-        return cls(np.concatenate([p.vectors for p in parts]), np.concatenate([p.tokens for p in parts]))
 
-    @classmethod
-    def interleave(cls, is_image: list[bool], images: "Embeddings | None",
-                   texts: "Embeddings | None") -> "Embeddings":
-        """Rows back in input order, from the images and the texts each encoded separately."""
-        kinds = np.asarray(is_image, dtype=bool)
-        parts = [p for p in (images, texts) if p is not None]
-        vectors = np.empty((len(kinds), parts[0].vectors.shape[1]), dtype=np.float32)
-        tokens = np.empty(len(kinds), dtype=np.int64)
-        for rows, part in ((kinds, images), (~kinds, texts)):
-            if part is not None:
-                vectors[rows], tokens[rows] = part.vectors, part.tokens
-        return cls(vectors, tokens)
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """'auto' is bfloat16 on CUDA and float32 on the CPU: the reference's precision, which the
+    CPU keeps unless asked otherwise (bfloat16 there is fast only with AMX, and 1e-3 off)."""
+    if requested == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[requested]
 
-    def rows(self) -> list["Embeddings"]:
-        return self.split([1] * len(self))
 
-    def split(self, sizes: list[int]) -> list["Embeddings"]:
-        bounds = np.cumsum(sizes)[:-1]
-        return [Embeddings(v, t) for v, t in zip(np.split(self.vectors, bounds),
-                                                  np.split(self.tokens, bounds))]
+@contextmanager
+def quiet_transformers():
+    """Loading one tower from a full SiglipModel checkpoint makes transformers print a table of
+    every weight of the other tower as 'unexpected'; that is by design here, so hide it."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+def warn_if_random_weights(config) -> None:
+    warning = getattr(config, RANDOM_WEIGHTS_CONFIG_KEY, None)
+    if warning:
+        logger.warning("!" * 20 + " %s " + "!" * 20, warning)
 
 
 def load_tower(tower_class, model: str, device: str, dtype: str):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deployments.core.checkpoint import LogitParams
-from deployments.core.encoders import Embeddings
+from deployments.core.embeddings import Embeddings
 
 
 @dataclass(frozen=True)

@@ -68,3 +68,15 @@ def test_logit_params_are_read_in_any_float_dtype(tmp_path, dtype):
     save_file({"logit_scale": scale, "logit_bias": bias, "other": torch.zeros(3)},
               tmp_path / "model.safetensors")
     assert LogitParams.from_pretrained(str(tmp_path)) == LogitParams(scale.item(), bias.item())
+
+
+def test_a_missing_checkpoint_file_is_named(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="preprocessor_config.json"):
+        ImageSettings.from_pretrained(str(tmp_path))
+    # A hub id that can be neither fetched nor found in the cache, as on a machine offline.
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="preprocessor_config.json of google/siglip-so400m"):
+        ImageSettings.from_pretrained("google/siglip-so400m-patch14-384")

@@ -18,19 +18,27 @@ def resolve_model(configured: str) -> str:
     return os.environ.get(MODEL_ENV_VAR) or configured
 
 
-def checkpoint_file(model: str, filename: str) -> str | None:
+def checkpoint_file(model: str, filename: str, missing_ok: bool = False) -> str | None:
     """The path of one of the checkpoint's files, fetched from the hub if `model` is not a
-    local folder (honoring HF_TOKEN, HF_HOME and HF_HUB_OFFLINE); None if it has no such file."""
+    local folder (honoring HF_TOKEN, HF_HOME and HF_HUB_OFFLINE). A file it cannot find raises
+    FileNotFoundError, or gives None if `missing_ok`: absent from the checkpoint, or, for a hub
+    id, neither reachable nor in the cache, which the hub client cannot tell apart."""
     if os.path.isdir(model):
         path = os.path.join(model, filename)
-        return path if os.path.isfile(path) else None
+        if os.path.isfile(path):
+            return path
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"The checkpoint {model} has no {filename}.")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
         return hf_hub_download(model, filename)
-    except EntryNotFoundError:  # also when offline and not in the cache
-        return None
+    except EntryNotFoundError as error:
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"{filename} of {model}: {error}") from error
 
 
 @dataclass(frozen=True)
@@ -48,10 +56,7 @@ class ImageSettings:
     def from_pretrained(cls, model: str) -> "ImageSettings":
         """From preprocessor_config.json, with SiglipImageProcessor's defaults for the keys it
         leaves out (tests/test_checkpoint.py checks both against transformers' processor)."""
-        path = checkpoint_file(model, "preprocessor_config.json")
-        if path is None:
-            raise FileNotFoundError(f"{model} has no preprocessor_config.json")
-        with open(path) as f:
+        with open(checkpoint_file(model, "preprocessor_config.json")) as f:
             config = json.load(f)
         size = config.get("size", {"height": 224, "width": 224})
         return cls(height=int(size["height"]), width=int(size["width"]),
@@ -71,9 +76,9 @@ class LogitParams:
     @classmethod
     def from_pretrained(cls, model: str) -> "LogitParams":
         """Reads the two scalars without loading either tower."""
-        weights_file = checkpoint_file(model, "model.safetensors")
+        weights_file = checkpoint_file(model, "model.safetensors", missing_ok=True)
         if weights_file is None:
-            index_file = checkpoint_file(model, "model.safetensors.index.json")
+            index_file = checkpoint_file(model, "model.safetensors.index.json", missing_ok=True)
             if index_file is None:
                 return cls._from_full_model(model)
             with open(index_file) as f:

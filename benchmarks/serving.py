@@ -6,7 +6,9 @@
   (d) peer   - optionally, any OpenAI-compatible server given by --peer-url (embeddings only)
 
 over six workloads of real JPEG photographs (1-12 megapixels), at closed-loop concurrency
-1, 4, 16, 64 and an open-loop Poisson rate. Writes serving.json and serving.md to --out.
+1, 4, 16, 64 and an open-loop Poisson rate, a workload at a time, each with the limit
+measured just before and just after its graph points. Writes serving.json and serving.md
+to --out.
 
     python -m benchmarks.serving --preset base --out benchmarks/results
 
@@ -156,9 +158,9 @@ _LIMIT_RATES = ("images_per_s", "texts_per_s", "images_per_s_one_thread")
 
 
 def mean_limit(before: dict, after: dict) -> dict:
-    """The limit measured just before and just after the graph's points, averaged. A shared
-    machine's speed drifts: on ours the limit measured 3.31 to 6.40 images/s in one day, and a
-    third apart within one five-minute run, more than the changes it is meant to judge."""
+    """The limit measured just before and just after a workload's graph points, averaged. A
+    shared machine's speed drifts: on ours the limit measured 3.31 to 6.40 images/s in one day,
+    and a fifth apart within one run, more than the changes it is meant to judge."""
     rates = limit_rates(before)
     return {**before, **{key: (rates[key] + after[key]) / 2 for key in rates},
             "before": rates, "after": limit_rates(after)}
@@ -205,7 +207,7 @@ def bfloat16_deviation(model: str, photos: list[str]) -> dict:
             "min_image_embedding_cosine": round(float(np.sum(images["bfloat16"] * images["float32"], axis=1).min()), 6)}
 
 
-def limit_items_per_s(workload: Workload, limit: dict) -> float:
+def limit_items_per_s_of(workload: Workload, limit: dict) -> float:
     seconds = workload.images_to_encode / limit["images_per_s"] + workload.texts_to_encode / limit["texts_per_s"]
     return workload.items_per_request / seconds
 
@@ -493,9 +495,13 @@ def benchmark_naive(model: str, chosen, args, rates) -> list[dict]:
         return run_loads("naive", url, chosen, args, rates, process_cpu_seconds(pid))
 
 
-def summarize(rows: list[dict], limits: dict[str, float], chosen: list[Workload], gpu_price: float) -> list[dict]:
+def summarize(rows: list[dict], limits: dict[str, dict], chosen: list[Workload], gpu_price: float) -> list[dict]:
+    """Per workload; `limits` holds each workload's own limit measurements (mean_limit)."""
     summary = []
     for workload in chosen:
+        limit = limits[workload.name]
+        limit_items_per_s = limit_items_per_s_of(workload, limit)
+
         def best(system):
             values = [r["items_per_s"] for r in rows if r["system"] == system and r["workload"] == workload.name
                       and r["load"] == "closed" and r["errors"] == 0]
@@ -507,9 +513,11 @@ def summarize(rows: list[dict], limits: dict[str, float], chosen: list[Workload]
 
         graph, naive = best("graph"), best("naive")
         entry = {"workload": workload.name, "item": workload.item,
-                 "limit_items_per_s": round(limits[workload.name], 3), "graph_items_per_s": graph,
-                 "naive_items_per_s": naive,
-                 "efficiency_graph_over_limit": graph and round(graph / limits[workload.name], 3)}
+                 "limit_items_per_s": round(limit_items_per_s, 3),
+                 "limit_images_per_s_before_after": [round(limit[when]["images_per_s"], 2)
+                                                     for when in ("before", "after")],
+                 "graph_items_per_s": graph, "naive_items_per_s": naive,
+                 "efficiency_graph_over_limit": graph and round(graph / limit_items_per_s, 3)}
         for concurrency in (16, 64):
             g, n = at("graph", concurrency, "items_per_s"), at("naive", concurrency, "items_per_s")
             entry[f"speedup_over_naive_c{concurrency}"] = round(g / n, 2) if g and n else None
@@ -525,30 +533,28 @@ def markdown(report: dict) -> str:
              f"device {report['device']}; {report['duration_s']} s per point; graph: "
              f"{report['graph_encoders']}.", "",
              f"Command: `{report['command']}`", ""]
-    limit = report["limit"]
-    lines += [f"Limit (a): {limit['images_per_s']:.2f} images/s and {limit['texts_per_s']:.1f} texts/s in one "
-              f"process with {limit['torch_threads']} torch threads, at batch {limit['vision_batch']} / "
-              f"{limit['text_batch']}."
-              + (f" With one thread it encodes {limit['images_per_s_one_thread']:.2f} images/s: a bound "
-                 "for one single-thread process per core is that times the cores."
-                 if "images_per_s_one_thread" in limit else "")
-              + (f" The mean of two measurements, just before and just after the graph's points: "
-                 f"{limit['before']['images_per_s']:.2f} and {limit['after']['images_per_s']:.2f} images/s."
-                 if "before" in limit else "")
-              + (f" Just after the naive server's points, which ran later: "
-                 f"{limit['after_naive']['images_per_s']:.2f} images/s. Where the machine's speed moved "
-                 "between the two systems' points, so do the speed-ups (b)/(c)."
-                 if "after_naive" in limit else ""), ""]
+    limits = list(report["limit"].values())
+    images, texts, one_thread = ([limit[when][key] for limit in limits for when in ("before", "after")
+                                  if key in limit[when]]
+                                 for key in ("images_per_s", "texts_per_s", "images_per_s_one_thread"))
+    lines += [f"Limit (a): the encoders in one process with {limits[0]['torch_threads']} torch threads, at "
+              f"batch {limits[0]['vision_batch']} / {limits[0]['text_batch']}, measured just before and just "
+              "after each workload's graph points (its naive points follow at once); each workload's "
+              "efficiency uses the mean of its own two. Over the run: "
+              f"{min(images):.2f}-{max(images):.2f} images/s and {min(texts):.1f}-{max(texts):.1f} texts/s."
+              + (f" One thread encodes {min(one_thread):.2f}-{max(one_thread):.2f} images/s: a bound for one "
+                 "single-thread process per core is that times the cores." if one_thread else ""), ""]
     if report["jpeg_draft"]:
         lines += [f"The graph ran with `jpeg_draft: true`, off the reference decode by: {report['jpeg_draft']}.", ""]
     if report.get("bfloat16"):
         lines += ["The graph and the limit ran in bfloat16, the naive server in float32. bfloat16 against "
                   f"float32, on the CPU: {report['bfloat16']}.", ""]
-    lines += ["| workload | limit (a) items/s | graph (b) | naive (c) | (b)/(a) | (b)/(c) at 16 | (b)/(c) at 64 "
-              "| p50 c=1 graph / naive (ms) | $ per 1k images |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| workload | limit (a) items/s | limit images/s before, after | graph (b) | naive (c) | (b)/(a) "
+              "| (b)/(c) at 16 | (b)/(c) at 64 | p50 c=1 graph / naive (ms) | $ per 1k images |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in report["summary"]:
-        lines.append(f"| {s['workload']} | {s['limit_items_per_s']} | {s['graph_items_per_s']} | "
+        before, after = s["limit_images_per_s_before_after"]
+        lines.append(f"| {s['workload']} | {s['limit_items_per_s']} | {before}, {after} | {s['graph_items_per_s']} | "
                      f"{s['naive_items_per_s']} | {s['efficiency_graph_over_limit']} | "
                      f"{s['speedup_over_naive_c16']} | {s['speedup_over_naive_c64']} | "
                      f"{s['p50_ms_c1_graph']} / {s['p50_ms_c1_naive']} | {s.get('usd_per_1000_images', '')} |")
@@ -626,23 +632,24 @@ def main() -> None:
 
     photos = realistic_jpegs()
     chosen = [w for w in workloads(photos) if not args.workloads or w.name in args.workloads]
-    limit, rows = limit_now(), []
-    if "graph" in args.systems:
-        # The graph runs first: its best closed-loop rate sets the open-loop rate for everyone.
-        rows = benchmark_graph(model, config, chosen, args)
-        limit = mean_limit(limit, limit_now())
-    limits = {w.name: limit_items_per_s(w, limit) for w in chosen}
-    if "naive" in args.systems:
-        rows += benchmark_naive(model, chosen, args, poisson_rates(rows, args.poisson_fraction))
-        # Not part of the graph's efficiency; it says how fast the machine was by the end of
-        # the naive server's points, which run later than the graph's.
-        limit["after_naive"] = limit_rates(limit_now())
+    limits, rows = {}, []
+    for workload in chosen:
+        # A workload at a time: the limit, the graph's points (closed loops, then the open loop
+        # at a rate its best sets), the limit again, then the naive server's points. This
+        # machine's speed drifts by a fifth within a run, so each ratio compares measurements
+        # taken minutes apart, not most of an hour.
+        before = limit_now()
+        graph_rows = benchmark_graph(model, config, [workload], args) if "graph" in args.systems else []
+        limits[workload.name] = mean_limit(before, limit_now())
+        rows += graph_rows
+        if "naive" in args.systems:
+            rows += benchmark_naive(model, [workload], args, poisson_rates(graph_rows, args.poisson_fraction))
     if args.peer_url:
         rows += peer_rows(args.peer_url, chosen, args)
 
     report = {"machine": machine(), "graph_encoders": graph_setting(args),
               "preset": args.model or args.preset, "device": args.device, "duration_s": args.duration,
-              "command": "python -m benchmarks.serving " + " ".join(sys.argv[1:]), "limit": limit, "rows": rows,
+              "command": "python -m benchmarks.serving " + " ".join(sys.argv[1:]), "limit": limits, "rows": rows,
               "jpeg_draft": jpeg_draft_deviation(model, photos) if args.jpeg_draft else None,
               "bfloat16": bfloat16_deviation(model, photos) if args.dtype == "bfloat16" else None,
               "summary": summarize(rows, limits, chosen, args.gpu_price)}

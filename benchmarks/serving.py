@@ -47,7 +47,7 @@ from skimage import data
 from benchmarks.load import closed_loop, open_loop
 from deployments.config import TextEncoderConfig, VisionEncoderConfig
 from deployments.core.checkpoint import ImageSettings, LogitParams
-from deployments.core.encoders import TextEncoderCore, VisionEncoderCore
+from deployments.core.encoders import TextEncoderCore, VisionEncoderCore, resolve_device
 from deployments.core.images import DecodeOptions, preprocess_references
 from deployments.core.random_checkpoint import make_checkpoint
 from deployments.core.scoring import pair_scores
@@ -393,6 +393,17 @@ def fixed_replicas(deployment: str, encoder_replicas: int) -> int:
     return 1  # Ingress and ScoreFusion: async, a few ms of CPU per request
 
 
+def ingress_admissions(config: dict, args) -> int:
+    """Requests the Ingress works on at once when the encoders have a fixed count: enough to
+    fill every vision replica's batch. Under overload the rest wait, in order of arrival, in
+    Ray's proxy (behind HAProxy, in the Ingress replica's own queue) instead of all decoding and
+    encoding at once: the work goes to the oldest requests, and a request that its client gives
+    up on before it starts costs nothing."""
+    vision = next(d for d in config["applications"][0]["deployments"] if d["name"] == "VisionEncoder")
+    batch = VisionEncoderConfig.model_validate(vision.get("user_config", {}))
+    return args.encoder_replicas * batch.max_batch_size_on(resolve_device(args.device).type)
+
+
 def graph_setting(args) -> str:
     """How the graph's stages were scaled and its encoders run, for the report."""
     threads = f"{args.torch_threads} torch thread(s) per encoder replica, dtype {args.dtype}"
@@ -402,7 +413,8 @@ def graph_setting(args) -> str:
         return f"serve_config.yaml's autoscaling, {threads}; {ray_setting}"
     counts = ", ".join(f"{name} {fixed_replicas(name, args.encoder_replicas)}"
                        for name in ("VisionEncoder", "TextEncoder", "ImagePreprocessor", "Ingress", "ScoreFusion"))
-    return f"fixed replicas: {counts}; {threads}; {ray_setting}"
+    return (f"fixed replicas: {counts}; the Ingress works on {ingress_admissions(serve_config(), args)} "
+            f"requests at once; {threads}; {ray_setting}")
 
 
 def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
@@ -444,6 +456,8 @@ def configure_graph(config: dict, args) -> int | None:
     for deployment in app["deployments"]:
         deployment.pop("autoscaling_config", None)
         deployment["num_replicas"] = fixed_replicas(deployment["name"], args.encoder_replicas)
+        if deployment["name"] == "Ingress":
+            deployment["max_ongoing_requests"] = ingress_admissions(config, args)
     # Vision and text replicas both get a thread per core and take turns on it: count
     # each core twice so that Ray places them all.
     return args.ray_cpus or 2 * os.cpu_count()

@@ -5,6 +5,8 @@ silently when unknown."""
 
 from __future__ import annotations
 
+import argparse
+import copy
 import json
 import os
 import subprocess
@@ -18,6 +20,7 @@ from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
 import deployments.app as app_module
+from benchmarks.serving import configure_graph
 from deployments.config import SiglipAppArgs, TextEncoderConfig, VisionEncoderConfig
 from deployments.local_cluster import QUIET_CONTROL_PLANE
 from tests.apps import USER_CONFIG_MODELS
@@ -100,6 +103,20 @@ def test_auto_batch_size_is_smaller_on_a_cpu_and_a_number_wins_everywhere(config
     assert fixed.max_batch_size_on("cpu") == fixed.max_batch_size_on("cuda") == 5
     with pytest.raises(ValueError):
         config_model.model_validate({"max_batch_size": "big"})
+
+
+def test_the_benchmarks_cpu_graph_starts_a_full_vision_batch_per_replica_at_once(serve_config):
+    """On a CPU machine the Ingress starts as many requests at once as the vision replicas
+    batch, and the rest wait their turn (README, "What serve_config.yaml controls")."""
+    config = copy.deepcopy(serve_config)
+    args = argparse.Namespace(device="cpu", torch_threads=1, jpeg_draft=False, dtype="auto",
+                              encoder_replicas=3, ray_cpus=None)
+    configure_graph(config, args)
+    ServeDeploySchema.model_validate(config)
+    deployments = _deployment_configs(config)
+    assert deployments["Ingress"]["max_ongoing_requests"] == 3 * VisionEncoderConfig().max_batch_size_on("cpu")
+    assert deployments["VisionEncoder"]["num_replicas"] == 3
+    assert "autoscaling_config" not in deployments["Ingress"]
 
 
 def _built(args: SiglipAppArgs):

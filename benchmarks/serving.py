@@ -393,15 +393,21 @@ def fixed_replicas(deployment: str, encoder_replicas: int) -> int:
     return 1  # Ingress and ScoreFusion: async, a few ms of CPU per request
 
 
+def encoder_batching(config: dict) -> tuple[VisionEncoderConfig, TextEncoderConfig]:
+    """The vision and text encoders' batching as `config` (serve_config.yaml) sets it."""
+    user_configs = {d["name"]: d.get("user_config", {}) for d in config["applications"][0]["deployments"]}
+    return (VisionEncoderConfig.model_validate(user_configs["VisionEncoder"]),
+            TextEncoderConfig.model_validate(user_configs["TextEncoder"]))
+
+
 def ingress_admissions(config: dict, args) -> int:
     """Requests the Ingress works on at once when the encoders have a fixed count: enough to
     fill every vision replica's batch. Under overload the rest wait, in order of arrival, in
     Ray's proxy (behind HAProxy, in the Ingress replica's own queue) instead of all decoding and
     encoding at once: the work goes to the oldest requests, and a request that its client gives
     up on before it starts costs nothing."""
-    vision = next(d for d in config["applications"][0]["deployments"] if d["name"] == "VisionEncoder")
-    batch = VisionEncoderConfig.model_validate(vision.get("user_config", {}))
-    return args.encoder_replicas * batch.max_batch_size_on(resolve_device(args.device).type)
+    vision, _ = encoder_batching(config)
+    return args.encoder_replicas * vision.max_batch_size_on(resolve_device(args.device).type)
 
 
 def graph_setting(args) -> str:
@@ -629,12 +635,12 @@ def main() -> None:
 
     model = args.model or preset_checkpoint(args.preset)
     config = serve_config()
-    batching = {d["name"]: d.get("user_config", {}) for d in config["applications"][0]["deployments"]}
+    vision_batching, text_batching = encoder_batching(config)
 
     # The limit runs at a GPU's batch sizes, the largest the graph runs, on every device: on a
     # CPU the graph batches less, at about the same cost per item (README, "How it is built").
-    vision_batch = VisionEncoderConfig.model_validate(batching["VisionEncoder"]).max_batch_size_on("cuda")
-    text_batch = TextEncoderConfig.model_validate(batching["TextEncoder"]).max_batch_size_on("cuda")
+    vision_batch = vision_batching.max_batch_size_on("cuda")
+    text_batch = text_batching.max_batch_size_on("cuda")
 
     # Loaded once: the limit is measured twice per workload. Idle meanwhile, they take no CPU.
     vision = VisionEncoderCore.from_pretrained(model, device="auto", dtype=args.dtype)

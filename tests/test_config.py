@@ -20,7 +20,7 @@ from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
 import deployments.app as app_module
-from benchmarks.serving import configure_graph
+from benchmarks.serving import add_graph_arguments, configure_graph
 from deployments.config import SiglipAppArgs, TextEncoderConfig, VisionEncoderConfig
 from deployments.local_cluster import QUIET_CONTROL_PLANE
 from tests.apps import USER_CONFIG_MODELS
@@ -109,8 +109,9 @@ def test_the_benchmarks_cpu_graph_starts_a_full_vision_batch_per_replica_at_once
     """On a CPU machine the Ingress starts as many requests at once as the vision replicas
     batch, and the rest wait their turn (README, "What serve_config.yaml controls")."""
     config = copy.deepcopy(serve_config)
-    args = argparse.Namespace(device="cpu", torch_threads=1, jpeg_draft=False, dtype="auto",
-                              encoder_replicas=3, ray_cpus=None)
+    parser = argparse.ArgumentParser()
+    add_graph_arguments(parser)
+    args = parser.parse_args(["--device", "cpu", "--encoder-replicas", "3"])
     configure_graph(config, args)
     ServeDeploySchema.model_validate(config)
     deployments = _deployment_configs(config)

@@ -53,7 +53,7 @@ def build_graph(args: SiglipAppArgs, vision_encoder: Deployment,
     return Ingress.bind(
         args.served_model_name or model,
         RequestPolicy(timeout_s=args.request_timeout_s, retries=args.stage_retries,
-                      images_per_call=args.images_per_call),
+                      images_per_call=args.images_per_call, texts_per_call=args.texts_per_call),
         args.limits,
         args.ingress_text_cache_size,
         ImagePreprocessor.bind(model, DecodeOptions(args.limits.images(), args.jpeg_draft),

@@ -63,6 +63,9 @@ class SiglipAppArgs(_Strict):
         4, ge=1, description="A request's images go to the preprocessor and the vision encoder in "
         "calls of at most this many, so that a many-image request decodes and encodes on several "
         "replicas at once. Calls from all requests still share the encoders' batches.")
+    texts_per_call: int = Field(
+        8, ge=1, description="Likewise for the texts a request sends to the text encoder (those "
+        "no cache holds): 10 new labels go as two calls of 5, on two replicas where there are two.")
     ingress_text_cache_size: int = Field(
         4096, ge=0, description="Text embeddings (label prompts, queries) each Ingress replica "
         "keeps, so that a classify with a known label set never calls the text encoder. About "

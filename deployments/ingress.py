@@ -53,6 +53,16 @@ class RequestPolicy:
     retries: int = 3
     retry_backoff_s: float = 0.5
     images_per_call: int = 4
+    texts_per_call: int = 8
+
+
+def call_parts(count: int, most: int) -> list[slice]:
+    """`count` items cut into as few calls of at most `most` items as hold them, of sizes that
+    differ by one at most: 10 texts at 8 a call go as 5 and 5, not 8 and 2, so that calls on
+    separate replicas finish together."""
+    calls = -(-count // most)
+    bounds = [count * call // calls for call in range(calls + 1)]
+    return [slice(start, end) for start, end in zip(bounds, bounds[1:])]
 
 
 _ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 500)}
@@ -248,23 +258,24 @@ class Ingress:
 
     async def _encode_images(self, attempt: StageAttempt, references: list[str],
                              params: list[str]) -> Embeddings:
-        """Embeddings of the images, in parts of `images_per_call`: a request's parts decode and
-        encode in parallel, on as many replicas as there are."""
-        async def encode(start: int) -> Embeddings:
-            pixels = await attempt.send(self._preprocessor.preprocess, references[start:start + step],
-                                        params[start:start + step])
+        """Embeddings of the images, in parts of at most `images_per_call`: a request's parts
+        decode and encode in parallel, on as many replicas as there are."""
+        async def encode(part: slice) -> Embeddings:
+            pixels = await attempt.send(self._preprocessor.preprocess, references[part], params[part])
             return await attempt.send(self._vision.encode, pixels)
 
-        step = self._policy.images_per_call
-        return Embeddings.concatenate(
-            await attempt.results([encode(start) for start in range(0, len(references), step)]))
+        parts = call_parts(len(references), self._policy.images_per_call)
+        return Embeddings.concatenate(await attempt.results([encode(part) for part in parts]))
 
     async def _encode_texts(self, attempt: StageAttempt, texts: list[str]) -> Embeddings:
         """Embeddings of the texts. Only those this replica has not kept go to the text
         encoder: a classify with a known label set makes one stage call fewer, and on a GPU
-        cluster the text encoder's replicas are not woken, or scaled out, for cache lookups."""
+        cluster the text encoder's replicas are not woken, or scaled out, for cache lookups.
+        The others go in parts of at most `texts_per_call`, encoded in parallel as images are."""
         async def encode(missing: list[str]) -> list[Embeddings]:
-            return (await attempt.send(self._text.encode, missing)).rows()
+            calls = [attempt.send(self._text.encode, missing[part])
+                     for part in call_parts(len(missing), self._policy.texts_per_call)]
+            return Embeddings.concatenate(await attempt.results(calls)).rows()
 
         # Safe to keep per string: texts are padded to a fixed length, so an embedding does not
         # depend on the texts that shared its batch.

@@ -189,6 +189,16 @@ def test_images_spread_over_several_calls_keep_their_places(client, reference, s
     np.testing.assert_allclose([got[i] for i in range(len(documents))], expected, rtol=0, atol=ATOL)
 
 
+
+def test_texts_spread_over_several_calls_keep_their_places(client, reference, serve_config):
+    """A request's texts that no cache holds go out in calls of at most texts_per_call;
+    embeddings come back in its order, a repeated text's included."""
+    fresh = [f"spread test text number {i}" for i in range(19)]
+    assert len(fresh) > 2 * serve_config["applications"][0]["args"]["texts_per_call"]
+    texts = [*fresh, fresh[3], PROMPTS[0]]
+    body = client.post("/v1/embeddings", json={"input": texts}).json()
+    np.testing.assert_allclose(_vectors(body), reference.text_embeddings(texts), rtol=0, atol=ATOL)
+
 # ---- errors --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path,body,param", [
@@ -218,7 +228,7 @@ def test_malformed_json_gets_400(client):
     ("/v1/classify", {"input": [URIS[0], URIS[1], "%%%"], "labels": ["a"]}, "input[2]"),
     ("/v1/rerank", {"query": {"image": "AAAA"}, "documents": ["a"]}, "query"),
     ("/v1/rerank", {"query": "a", "documents": ["b", {"image": URIS[0][:200]}]}, "documents[1]"),
-    # In the second call of images_per_call (4) images: still named by its place in the request.
+    # In the second of its image calls (images_per_call: 4): still named by its place in the request.
     ("/v1/embeddings", {"input": [{"image": uri} for uri in URIS[:5]] + ["text", {"image": "%%%"}]},
      "input[6]"),
 ])

@@ -13,7 +13,7 @@ from ray.serve.exceptions import BackPressureError
 
 from deployments.core.images import ImageInputError
 from deployments.errors import ApiError
-from deployments.ingress import RequestPolicy, StageAttempt, _api_error, run_stage_calls
+from deployments.ingress import RequestPolicy, StageAttempt, _api_error, call_parts, run_stage_calls
 
 FAST = RequestPolicy(timeout_s=5, retries=2, retry_backoff_s=0.01)
 
@@ -207,3 +207,11 @@ def test_a_stage_that_fails_while_texts_are_encoded_stops_the_request_sending_mo
 
     asyncio.run(request_then_wait())
     assert encode_texts.cancelled == [True] and fuse.calls == []
+
+
+@pytest.mark.parametrize("count,most,sizes", [(1, 4, [1]), (4, 4, [4]), (5, 4, [2, 3]),
+                                              (10, 8, [5, 5]), (9, 4, [3, 3, 3]), (17, 8, [5, 6, 6])])
+def test_a_requests_items_go_in_the_fewest_calls_of_near_equal_sizes(count, most, sizes):
+    parts = call_parts(count, most)
+    assert [part.stop - part.start for part in parts] == sizes
+    assert [item for part in parts for item in range(count)[part]] == list(range(count))

@@ -189,7 +189,6 @@ def test_images_spread_over_several_calls_keep_their_places(client, reference, s
     np.testing.assert_allclose([got[i] for i in range(len(documents))], expected, rtol=0, atol=ATOL)
 
 
-
 def test_texts_spread_over_several_calls_keep_their_places(client, reference, serve_config):
     """A request's texts that no cache holds go out in calls of at most texts_per_call;
     embeddings come back in its order, a repeated text's included."""
@@ -198,6 +197,7 @@ def test_texts_spread_over_several_calls_keep_their_places(client, reference, se
     texts = [*fresh, fresh[3], PROMPTS[0]]
     body = client.post("/v1/embeddings", json={"input": texts}).json()
     np.testing.assert_allclose(_vectors(body), reference.text_embeddings(texts), rtol=0, atol=ATOL)
+
 
 # ---- errors --------------------------------------------------------------------------------
 

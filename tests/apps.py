@@ -42,9 +42,18 @@ def app_beside(serve_config: dict, name: str, route_prefix: str,
         modify_more(copy_app)
         _deploy([session_app, copy_app])
 
-    _deploy([session_app, copy_app])
-    try:
+    with deploy_beside_the_session_app(serve_config, [copy_app]):
         yield redeploy
+
+
+@contextmanager
+def deploy_beside_the_session_app(serve_config: dict, applications: list[dict]) -> Iterator[None]:
+    """Deploys `applications` (Serve config dicts) beside the session's app, and removes them
+    afterwards."""
+    session_app = serve_config["applications"][0]
+    _deploy([session_app, *applications])
+    try:
+        yield
     finally:
         _deploy([session_app])
 

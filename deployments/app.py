@@ -20,7 +20,7 @@ from deployments.core.checkpoint import resolve_model
 from deployments.core.images import DecodeOptions
 from deployments.ingress import Ingress, RequestPolicy
 from deployments.preprocessor import ImagePreprocessor
-from deployments.routing import ROUTER_PATH
+from deployments.routing import SPREADING_OPTIONS
 from deployments.score_fusion import ScoreFusion
 from deployments.text_encoder import TextEncoder
 from deployments.vision_encoder import VisionEncoder
@@ -47,13 +47,11 @@ def build_graph(args: SiglipAppArgs, vision_encoder: Deployment,
     gpus = encoder_gpus(args)
     logger.info("Serving %s; each encoder replica asks for %s GPU(s).", model, gpus)
 
-    # The stages that one request calls several times at once spread those calls over their
-    # replicas (deployments/routing.py).
-    spreading = {"request_router_config": {"request_router_class": ROUTER_PATH}}
-
+    # The preprocessor and the encoders get several calls at once from one request:
+    # SPREADING_OPTIONS spreads them over their replicas (deployments/routing.py).
     def on_encoder_device(deployment):
         options = {**deployment.ray_actor_options, "num_gpus": gpus}
-        return deployment.options(ray_actor_options=options, **spreading)
+        return deployment.options(ray_actor_options=options, **SPREADING_OPTIONS)
 
     return Ingress.bind(
         args.served_model_name or model,
@@ -61,7 +59,7 @@ def build_graph(args: SiglipAppArgs, vision_encoder: Deployment,
                       images_per_call=args.images_per_call, texts_per_call=args.texts_per_call),
         args.limits,
         args.ingress_text_cache_size,
-        ImagePreprocessor.options(**spreading).bind(
+        ImagePreprocessor.options(**SPREADING_OPTIONS).bind(
             model, DecodeOptions(args.limits.images(), args.jpeg_draft), args.image_urls),
         on_encoder_device(vision_encoder).bind(model, args.device, args.dtype, args.torch_threads),
         on_encoder_device(text_encoder).bind(model, args.device, args.dtype, args.torch_threads),

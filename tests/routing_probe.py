@@ -7,7 +7,7 @@ import asyncio
 
 from ray import serve
 
-from deployments.routing import ROUTER_PATH
+from deployments.routing import SPREADING_OPTIONS
 
 
 @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0})
@@ -31,7 +31,5 @@ class Caller:
 
 def build_probe_app(args: dict):
     """args: {"spreading": bool}: Replier behind the app's router, or behind Ray's default."""
-    replier = Replier
-    if args["spreading"]:
-        replier = Replier.options(request_router_config={"request_router_class": ROUTER_PATH})
+    replier = Replier.options(**SPREADING_OPTIONS) if args["spreading"] else Replier
     return Caller.bind(replier.bind())

@@ -5,8 +5,8 @@ shorter queue, as its cache of queue lengths has it. It adds a call to that cach
 call is sent, after the routing loop has gone on to the next one. So the calls one request
 makes at once (images_per_call, texts_per_call) all see the same queue lengths, and two of them
 sent to two idle replicas landed on the same one in 16 requests of 40: that replica then
-encodes both parts in a row while the other waits. This router counts the calls it has chosen a replica for
-and not yet sent, so the next call goes elsewhere.
+encodes both parts in a row while the other waits. This router counts the calls it has chosen
+a replica for and not yet sent, so the next call goes elsewhere.
 """
 
 from __future__ import annotations

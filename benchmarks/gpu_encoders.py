@@ -40,7 +40,7 @@ from deployments.core import rewrites, scoring  # noqa: E402
 from deployments.core.checkpoint import ImageSettings, LogitParams  # noqa: E402
 from deployments.core.encoders import TextEncoderCore, VisionEncoderCore  # noqa: E402
 from deployments.core.images import prepare  # noqa: E402
-from deployments.core.random_checkpoint import build_config, build_model, build_tokenizer  # noqa: E402
+from deployments.testing.random_checkpoint import build_config, build_model, build_tokenizer  # noqa: E402
 
 # so400m's cost (open_clip's profile); MFU figures hold for the so400m preset only.
 GFLOP_PER_IMAGE = 670.35  # 384x384, 729 patches

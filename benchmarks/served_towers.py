@@ -25,7 +25,8 @@ from transformers import AutoTokenizer, SiglipTextModel, SiglipVisionModel
 
 from benchmarks.serving import REPO, preset_checkpoint
 from deployments.core.checkpoint import ImageSettings
-from deployments.core.encoders import TextEncoderCore, VisionEncoderCore, load_tower
+from deployments.core.encoders import TextEncoderCore, VisionEncoderCore
+from deployments.core.loading import load_tower
 
 
 def encoder_pair(kind: str, model: str, dtype: str, baseline: str):

@@ -47,11 +47,12 @@ from skimage import data
 from benchmarks.load import closed_loop, open_loop
 from deployments.config import TextEncoderConfig, VisionEncoderConfig
 from deployments.core.checkpoint import ImageSettings, LogitParams
-from deployments.core.encoders import TextEncoderCore, VisionEncoderCore, resolve_device
-from deployments.core.images import DecodeOptions, preprocess_references
-from deployments.core.random_checkpoint import make_checkpoint
+from deployments.core.encoders import TextEncoderCore, VisionEncoderCore
+from deployments.core.loading import resolve_device
+from deployments.core.images import preprocess_references
+from deployments.testing.random_checkpoint import make_checkpoint
 from deployments.core.scoring import pair_scores
-from deployments.local_cluster import HAPROXY_PACKAGE_DIR, ask_each_replica, free_port, serve_locally
+from deployments.testing.local_cluster import HAPROXY_PACKAGE_DIR, ask_each_replica, free_port, serve_locally
 from deployments.protocol import DEFAULT_HYPOTHESIS_TEMPLATE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -169,10 +170,10 @@ def limit_rates(limit: dict) -> dict:
 
 
 def prepared_pixels(photos: list[str], settings: ImageSettings,
-                    options: DecodeOptions = DecodeOptions()) -> np.ndarray:
+                    jpeg_draft: bool = False) -> np.ndarray:
     """The photos' pixels as the preprocessor prepares them."""
     return asyncio.run(preprocess_references(photos, [f"photo[{i}]" for i in range(len(photos))],
-                                             settings, options))
+                                             settings, jpeg_draft=jpeg_draft))
 
 
 def jpeg_draft_deviation(model: str, photos: list[str]) -> dict:
@@ -180,7 +181,7 @@ def jpeg_draft_deviation(model: str, photos: list[str]) -> dict:
     decode, on the benchmark's photographs (embeddings of this checkpoint's random weights)."""
     vision = VisionEncoderCore.from_pretrained(model, device="cpu", dtype="float32")
     exact = prepared_pixels(photos, vision.settings)
-    drafted = prepared_pixels(photos, vision.settings, DecodeOptions(jpeg_draft=True))
+    drafted = prepared_pixels(photos, vision.settings, jpeg_draft=True)
     difference = np.abs(exact.astype(int) - drafted.astype(int))
     cosines = np.sum(vision.encode(exact).vectors * vision.encode(drafted).vectors, axis=1)
     return {"max_abs_pixel_diff": int(difference.max()), "mean_abs_pixel_diff": round(float(difference.mean()), 3),
@@ -444,10 +445,10 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
                              "report states by how much)")
     parser.add_argument("--ingress", default="proxy", choices=["proxy", "haproxy"],
                         help="what receives HTTP: Ray's Python proxy, as `serve run` starts it, or "
-                             "Ray's HAProxy ingress (Linux; README's \"HAProxy in front\")")
+                             "Ray's HAProxy ingress (Linux; docs/operations.md, \"HAProxy in front\")")
     parser.add_argument("--control-plane", default="quiet", choices=["quiet", "default"],
                         help="Ray's control plane paced for a small machine (QUIET_CONTROL_PLANE in "
-                             "deployments/local_cluster.py, as README recommends for CPU machines), "
+                             "deployments/testing/local_cluster.py, as docs/operations.md recommends for CPU machines), "
                              "or at Ray's default pace")
 
 
@@ -638,7 +639,7 @@ def main() -> None:
     vision_batching, text_batching = encoder_batching(config)
 
     # The limit runs at a GPU's batch sizes, the largest the graph runs, on every device: on a
-    # CPU the graph batches less, at about the same cost per item (README, "How it is built").
+    # CPU the graph batches less, at about the same cost per item (docs/architecture.md).
     vision_batch = vision_batching.max_batch_size_on("cuda")
     text_batch = text_batching.max_batch_size_on("cuda")
 

@@ -17,11 +17,11 @@ from ray.serve.deployment import Deployment
 
 from deployments.config import SiglipAppArgs
 from deployments.core.checkpoint import resolve_model
-from deployments.core.images import DecodeOptions
-from deployments.ingress import Ingress, RequestPolicy
+from deployments.ingress import Ingress
 from deployments.preprocessor import ImagePreprocessor
 from deployments.routing import SPREADING_OPTIONS
 from deployments.score_fusion import ScoreFusion
+from deployments.stage_calls import RequestPolicy
 from deployments.text_encoder import TextEncoder
 from deployments.vision_encoder import VisionEncoder
 
@@ -54,14 +54,18 @@ def build_graph(args: SiglipAppArgs, vision_encoder: Deployment,
         return deployment.options(ray_actor_options=options, **SPREADING_OPTIONS)
 
     return Ingress.bind(
-        args.served_model_name or model,
-        RequestPolicy(timeout_s=args.request_timeout_s, retries=args.stage_retries,
-                      images_per_call=args.images_per_call, texts_per_call=args.texts_per_call),
-        args.limits,
-        args.ingress_text_cache_size,
-        ImagePreprocessor.options(**SPREADING_OPTIONS).bind(
-            model, DecodeOptions(args.limits.images(), args.jpeg_draft), args.image_urls),
-        on_encoder_device(vision_encoder).bind(model, args.device, args.dtype, args.torch_threads),
-        on_encoder_device(text_encoder).bind(model, args.device, args.dtype, args.torch_threads),
-        ScoreFusion.bind(model),
+        served_model_name=args.served_model_name or model,
+        policy=RequestPolicy(timeout_s=args.request_timeout_s, retries=args.stage_retries,
+                             images_per_call=args.images_per_call,
+                             texts_per_call=args.texts_per_call),
+        limits=args.limits,
+        text_cache_size=args.ingress_text_cache_size,
+        preprocessor=ImagePreprocessor.options(**SPREADING_OPTIONS).bind(
+            model=model, limits=args.limits, jpeg_draft=args.jpeg_draft,
+            url_policy=args.image_urls),
+        vision=on_encoder_device(vision_encoder).bind(
+            model=model, device=args.device, dtype=args.dtype, torch_threads=args.torch_threads),
+        text=on_encoder_device(text_encoder).bind(
+            model=model, device=args.device, dtype=args.dtype, torch_threads=args.torch_threads),
+        fusion=ScoreFusion.bind(model=model),
     )

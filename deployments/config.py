@@ -9,33 +9,27 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.core.checkpoint import DEFAULT_MODEL
 from deployments.core.fetch import ImageUrlPolicy
-from deployments.core.images import ImageLimits
+from deployments.core.limits import ImageLimits
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class InputLimits(_Strict):
-    """What one request may hold. Defaults suit a public API; past a limit the client gets a
-    413 (body) or a 400 that names the limit and its value."""
+class InputLimits(ImageLimits):
+    """What one request, and each image in it, may hold. Defaults suit a public API; past a
+    limit the client gets a 413 (body) or a 400 that names the limit and its value."""
 
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="Request body, in bytes.")
-    max_images_per_request: int = Field(64, ge=1)
+    max_images_per_request: int = Field(64, ge=1, description="Images in one request, all "
+                                        "fields together.")
     max_texts_per_request: int = Field(512, ge=1, description="Texts to embed, or labels, "
                                        "queries and documents that are text.")
-    max_labels_per_request: int = Field(256, ge=1)
-    max_documents_per_request: int = Field(256, ge=1)
+    max_labels_per_request: int = Field(256, ge=1, description="Labels of one classify request.")
+    max_documents_per_request: int = Field(256, ge=1, description="Documents of one rerank "
+                                           "request.")
     max_text_chars: int = Field(2048, ge=1, description="Characters per text (after the "
                                 "hypothesis template). The tokenizer keeps 64 tokens anyway.")
-    max_image_bytes: int = Field(ImageLimits.max_bytes, ge=1024, description="Bytes per image, "
-                                 "decoded from base64 or fetched by URL.")
-    max_image_pixels: int = Field(ImageLimits.max_pixels, ge=1, description="Width x height, read "
-                                  "from the image's header before it is decoded. Animated images "
-                                  "count their first frame, the only one used.")
-
-    def images(self) -> ImageLimits:
-        return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
 
 
 class SiglipAppArgs(_Strict):
@@ -45,7 +39,9 @@ class SiglipAppArgs(_Strict):
                        "the SIGLIP_MODEL environment variable overrides it.")
     served_model_name: str | None = Field(None, description="The id clients send as `model`; "
                                           "defaults to `model`.")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the encoders run. auto: CUDA when torch can use it, else the "
+        "CPU (with a warning when Ray assigned a GPU that torch cannot use).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bfloat16 on CUDA, float32 on the CPU. bfloat16 on a CPU with "
         "AMX is about 3x faster, and moves embeddings by about 1e-3 from the float32 reference "
@@ -78,6 +74,7 @@ class SiglipAppArgs(_Strict):
         False, description="Decode JPEGs at reduced scale (1/2 to 1/8, never below twice the model's "
         "input size): several times faster on camera photos, but pixels and scores move away "
         "from the reference processor's; benchmarks/serving.py measures by how much.")
+    # What one request may hold; image URLs and their SSRF guard (docs/operations.md).
     limits: InputLimits = InputLimits()
     image_urls: ImageUrlPolicy = ImageUrlPolicy()
 
@@ -90,7 +87,10 @@ class BatchingConfig(_Strict):
     # as much per item, and only hold each request until a longer forward pass ends.
     AUTO_MAX_BATCH_SIZE: ClassVar[dict[str, int]]
 
-    max_batch_size: Literal["auto"] | Annotated[int, Field(ge=1, le=4096)] = "auto"
+    max_batch_size: Literal["auto"] | Annotated[int, Field(ge=1, le=4096)] = Field(
+        "auto", description="Items per forward pass (below, what auto means on each device). "
+        "Ray never puts more calls in a batch than the deployment's max_ongoing_requests: keep "
+        "that at least this.")
     batch_wait_timeout_s: float = Field(
         0, ge=0, le=10, description="How long a batch that is not full waits for more items "
         "before its forward pass. 0: none, as Triton's dynamic batcher by default; batches still "

@@ -17,6 +17,9 @@ class ApiError(Exception):
         self.info = ErrorInfo(message=message, type=type, param=param, code=code)
         self.retry_after_s = retry_after_s
 
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.info, self.retry_after_s)
+
 
 def error_response(status: int, info: ErrorInfo, retry_after_s: float | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:

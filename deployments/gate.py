@@ -8,7 +8,7 @@ import hmac
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -61,16 +61,16 @@ class GateSettings:
 class RequestGate:
     """ASGI middleware: a `/v1` request without a valid `Authorization: Bearer` key gets a 401,
     and a body larger than the limit a 413, before the body is read past the limit. Other paths
-    (health, docs) stay open. `settings()` gives the current replica's settings."""
+    (health, docs) stay open."""
 
-    def __init__(self, app: ASGIApp, settings: Callable[[], GateSettings]):
+    def __init__(self, app: ASGIApp, settings: GateSettings):
         self._app = app
         self._settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self._app(scope, receive, send)
-        settings = self._settings()
+        settings = self._settings
         if settings.api_keys is not None and _api_path(scope).startswith("/v1"):
             if not settings.api_keys.accepts(_bearer_token(scope)):
                 return await _refuse(scope, receive, send, 401, ErrorInfo(

@@ -6,143 +6,30 @@ Ray's dependency resolver; ray-project/ray#56123 is the same race, for cancels).
 embeddings that come back are kept: a known label set never reaches the text encoder again."""
 
 # No `from __future__ import annotations` here: FastAPI reads the route annotations at run time.
-import asyncio
 import base64
 import logging
-import re
 import time
-from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Sequence
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from ray import serve
-from ray.exceptions import (NodeDiedError, ObjectLostError, RayActorError, RayTaskError,
-                            WorkerCrashedError)
-from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from ray.serve.handle import DeploymentHandle
 
 from deployments.config import InputLimits
 from deployments.core.cache import LRUCache, get_or_compute
 from deployments.core.embeddings import Embeddings
-from deployments.core.images import ImageInputError
-from deployments.errors import ApiError, error_response
-from deployments.gate import ApiKeys, GateSettings, RequestGate, check_request_size
-from deployments.metrics import TextCacheMetrics, stage_retries
+from deployments.errors import ApiError
+from deployments.fastapi_app import build_fastapi_app
+from deployments.gate import ApiKeys, GateSettings, check_request_size
+from deployments.metrics import TextCacheMetrics
 from deployments.protocol import (Classification, ClassifyRequest, ClassifyResponse,
-                                  EmbeddingData, EmbeddingRequest, EmbeddingResponse, ErrorInfo,
-                                  ErrorResponse, ImageItem, Item, LabelScore, ModelCard,
-                                  ModelList, RerankRequest, RerankResponse, RerankResult,
-                                  TextItem, Usage)
-
+                                  EmbeddingData, EmbeddingRequest, EmbeddingResponse, ImageItem,
+                                  Item, LabelScore, ModelCard, ModelList, RerankRequest,
+                                  RerankResponse, RerankResult, TextItem, Usage)
+from deployments.stage_calls import RequestPolicy, StageAttempt, call_parts, run_stage_calls
 
 logger = logging.getLogger("ray.serve")
-
-
-# A replica that died, or its node, under a stage call. Inference is idempotent: send it again.
-REPLICA_FAILURES = (RayActorError, ReplicaUnavailableError, WorkerCrashedError, NodeDiedError,
-                    ObjectLostError)
-
-
-@dataclass(frozen=True)
-class RequestPolicy:
-    timeout_s: float = 60
-    retries: int = 3
-    retry_backoff_s: float = 0.5
-    images_per_call: int = 4
-    texts_per_call: int = 8
-
-
-def call_parts(count: int, most: int) -> list[slice]:
-    """`count` items cut into as few calls of at most `most` items as hold them, of sizes that
-    differ by one at most: 10 texts at 8 a call go as 5 and 5, not 8 and 2, so that calls on
-    separate replicas finish together."""
-    calls = -(-count // most)
-    bounds = [count * call // calls for call in range(calls + 1)]
-    return [slice(start, end) for start, end in zip(bounds, bounds[1:])]
-
-
-_ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 500)}
-
-app = FastAPI(title="SigLIP serving",
-              description="Zero-shot image classification, image and text embeddings and "
-                          "image-text retrieval with SigLIP, in OpenAI-style JSON.",
-              responses=_ERROR_RESPONSES)
-
-
-def _replica_gate_settings() -> GateSettings:
-    # Serve gives each replica its own copy of `app`, built before the Ingress instance; the
-    # middleware finds that replica's settings (from its constructor) through Serve.
-    return serve.get_replica_context().servable_object.gate_settings
-
-
-app.add_middleware(RequestGate, settings=_replica_gate_settings)
-
-
-@app.exception_handler(ApiError)
-async def _api_error(request: Request, error: ApiError) -> JSONResponse:
-    return error_response(error.status, error.info, error.retry_after_s)
-
-
-_FIELD = re.compile(r"^[a-z_]+$")
-_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "json"}
-
-
-def _param(location: tuple) -> str | None:
-    """pydantic's error location as a field path (`input[2].image`), without the names of union
-    members that pydantic puts in it."""
-    path = ""
-    for part in location[1:]:  # location[0] is "body"
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif _FIELD.match(part) and part not in _TYPE_NAMES:
-            path += f".{part}" if path else part
-    return path or None
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    # With unions, pydantic reports one error per member; the deepest names the field best.
-    first = max(error.errors(), key=lambda e: len(e["loc"]))
-    if first["type"] == "json_invalid":
-        message = f"The body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}"
-        return error_response(400, ErrorInfo(message=message, type="invalid_request_error",
-                                             code="invalid_json"))
-    param = _param(tuple(first["loc"]))
-    return error_response(400, ErrorInfo(message=f"{param or 'body'}: {first['msg']}",
-                                         type="invalid_request_error", param=param,
-                                         code="invalid_value"))
-
-
-@app.exception_handler(Exception)
-async def _internal_error(request: Request, error: Exception) -> JSONResponse:
-    # Bad input is answered before this point; reaching here is a server fault, still in
-    # OpenAI's shape so that clients parse it.
-    logger.exception("Request failed: %s %s", request.method, request.url.path)
-    return error_response(500, ErrorInfo(message=f"Internal error: {type(error).__name__}",
-                                         type="internal_error", code="internal_error"))
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-    kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
-    return error_response(error.status_code, ErrorInfo(message=str(error.detail), type=kind))
-
-
-def _root_cause(error: BaseException, kind: type | tuple[type, ...]) -> BaseException | None:
-    """The innermost exception of `kind` behind `error`, or None. Ray wraps a stage's exception
-    once per stage it crosses (RayTaskError.cause), and Serve re-raises an upstream replica's
-    death as a RayServeException whose __cause__ holds it."""
-    found, seen = None, set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, kind):
-            found = error
-        error = error.cause if isinstance(error, RayTaskError) and error.cause else error.__cause__
-    return found
 
 
 def _image_reference(item: Item) -> str | None:
@@ -163,78 +50,11 @@ def _to_wire(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     return vector.tolist()
 
 
-class StageAttempt:
-    """The stage calls of one attempt at a request. A request has several calls in flight at
-    once (its image parts, its texts), some in coroutines that send the next stage's call when
-    one answers. So an attempt that is abandoned (the client went away, the timeout passed, a
-    stage failed) cancels every call it sent and every coroutine that would send more: no stage
-    works on for no one, and a burst of abandoned requests leaves no backlog."""
-
-    def __init__(self) -> None:
-        self._sent: list[DeploymentResponse] = []
-
-    def send(self, method: DeploymentHandle, *args) -> DeploymentResponse:
-        response = method.remote(*args)
-        self._sent.append(response)
-        return response
-
-    async def results(self, responses: Sequence[Awaitable | None]) -> list:
-        """The results of the responses, or of coroutines that send more calls through this
-        attempt, in order (None stays None)."""
-        tasks = [asyncio.ensure_future(r) for r in responses if r is not None]
-        try:
-            done = iter(await asyncio.gather(*tasks))
-        except BaseException:  # CancelledError included: the client went away
-            for task in tasks:  # so that no coroutine goes on to send a call
-                task.cancel()
-            for response in self._sent:
-                response.cancel()
-            raise
-        return [None if r is None else next(done) for r in responses]
-
-
-StageCalls = Callable[[StageAttempt], Sequence[Awaitable | None]]
-
-
-async def run_stage_calls(stage_calls: StageCalls, policy: RequestPolicy) -> list:
-    """Sends a request's stage calls through a StageAttempt and awaits them, within the request
-    timeout. When a replica dies under them, all are sent again, from the first stage: the
-    dead replica's results may be lost, and inference is idempotent. Stage errors become the
-    client's ApiError."""
-    try:
-        return await asyncio.wait_for(_with_retries(stage_calls, policy), policy.timeout_s)
-    except asyncio.TimeoutError:
-        raise ApiError(504, f"The request did not finish within {policy.timeout_s:g} s.",
-                       type="timeout_error", code="timeout") from None
-
-
-async def _with_retries(stage_calls: StageCalls, policy: RequestPolicy) -> list:
-    for attempt in range(policy.retries + 1):
-        stage_attempt = StageAttempt()
-        try:
-            return await stage_attempt.results(stage_calls(stage_attempt))
-        except Exception as error:
-            if bad_image := _root_cause(error, ImageInputError):
-                raise ApiError(400, str(bad_image), param=bad_image.param, code="invalid_image") from None
-            if full := _root_cause(error, BackPressureError):
-                raise ApiError(full.status_code, "The server is at capacity; retry later.",
-                               type="overloaded_error", code="overloaded",
-                               retry_after_s=full.retry_after_s or 1) from None
-            cause = _root_cause(error, REPLICA_FAILURES)
-            if cause is None:
-                raise
-            logger.warning("Attempt %d of %d lost a replica (%s); sending the request again.",
-                           attempt + 1, policy.retries + 1, type(cause).__name__)
-            stage_retries().inc()
-            await asyncio.sleep(policy.retry_backoff_s * 2 ** attempt)
-    raise ApiError(503, "A serving stage kept failing; retry later.", type="service_unavailable",
-                   code="stage_unavailable", retry_after_s=5)
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
-@serve.ingress(app)
+# No app yet: Serve calls __serve_build_asgi_app__ once the constructor has run.
+@serve.ingress()
 class Ingress:
-    def __init__(self, served_model_name: str, policy: RequestPolicy, limits: InputLimits,
+    def __init__(self, *, served_model_name: str, policy: RequestPolicy, limits: InputLimits,
                  text_cache_size: int, preprocessor: DeploymentHandle, vision: DeploymentHandle,
                  text: DeploymentHandle, fusion: DeploymentHandle):
         self._model_name = served_model_name
@@ -245,7 +65,7 @@ class Ingress:
             logger.warning("No API keys configured: /v1 answers anyone who can reach it.")
         else:
             logger.info("%d API key(s) configured: /v1 needs 'Authorization: Bearer <key>'.", len(api_keys))
-        self.gate_settings = GateSettings(api_keys, limits.max_body_bytes)
+        self._gate = GateSettings(api_keys, limits.max_body_bytes)
         self._created = int(time.time())
         self._text_cache: LRUCache[str, Embeddings] = LRUCache(text_cache_size,
                                                                TextCacheMetrics().record)
@@ -298,15 +118,22 @@ class Ingress:
 
     # ---- routes --------------------------------------------------------------------------
 
-    @app.get("/health")
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """This replica's app: the API's routes, served by this object's methods."""
+        app = build_fastapi_app(self._gate)
+        app.get("/health")(self.health)
+        app.get("/v1/models")(self.models)
+        app.post("/v1/embeddings")(self.embeddings)
+        app.post("/v1/classify")(self.classify)
+        app.post("/v1/rerank", response_model_exclude_none=True)(self.rerank)
+        return app
+
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/models")
     async def models(self) -> ModelList:
         return ModelList(data=[ModelCard(id=self._model_name, created=self._created)])
 
-    @app.post("/v1/embeddings")
     async def embeddings(self, body: EmbeddingRequest) -> EmbeddingResponse:
         self._check_model(body.model)
         items = [body.input] if isinstance(body.input, str) else body.input
@@ -324,7 +151,6 @@ class Ingress:
         return EmbeddingResponse(data=data, model=self._model_name,
                                  usage=Usage.of(int(embeddings.tokens.sum())))
 
-    @app.post("/v1/classify")
     async def classify(self, body: ClassifyRequest) -> ClassifyResponse:
         self._check_model(body.model)
         references = [item.image if isinstance(item, ImageItem) else item for item in body.input]
@@ -346,7 +172,6 @@ class Ingress:
                                        score=predictions[0].score, predictions=predictions))
         return ClassifyResponse(model=self._model_name, data=data, usage=Usage.of(tokens))
 
-    @app.post("/v1/rerank", response_model_exclude_none=True)
     async def rerank(self, body: RerankRequest) -> RerankResponse:
         self._check_model(body.model)
         query_reference = _image_reference(body.query)

@@ -13,17 +13,19 @@ from ray import serve
 
 from deployments.core.checkpoint import ImageSettings
 from deployments.core.fetch import ImageFetcher, ImageUrlPolicy
-from deployments.core.images import DecodeOptions, preprocess_references
+from deployments.core.images import preprocess_references
+from deployments.core.limits import ImageLimits
 from deployments.core.resize import BandedResizer
 from deployments.metrics import StageMetrics
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class ImagePreprocessor:
-    def __init__(self, model: str, options: DecodeOptions, url_policy: ImageUrlPolicy):
+    def __init__(self, model: str, limits: ImageLimits, jpeg_draft: bool, url_policy: ImageUrlPolicy):
         self._settings = ImageSettings.from_pretrained(model)
-        self._options = options
-        self._fetcher = ImageFetcher(url_policy, options.limits.max_bytes)
+        self._limits = limits
+        self._jpeg_draft = jpeg_draft
+        self._fetcher = ImageFetcher(url_policy, limits)
         # One decode at a time per CPU the replica holds: more threads add no throughput, and
         # concurrent decodes of large photos evict each other from the caches. As many helpers
         # share large photos' resizes while no image waits for a decode thread: at low load,
@@ -36,5 +38,6 @@ class ImagePreprocessor:
     async def preprocess(self, references: list[str], params: list[str]) -> np.ndarray:
         """`params` name each image in the client's request, for error messages."""
         with self._metrics.timed(), self._resizer.images_in_flight(len(references)):
-            return await preprocess_references(references, params, self._settings, self._options,
-                                               self._fetcher, self._decoder, self._resizer)
+            return await preprocess_references(references, params, self._settings, self._limits,
+                                               self._jpeg_draft, self._fetcher, self._decoder,
+                                               self._resizer)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.core.random_checkpoint import make_checkpoint
-from deployments.local_cluster import free_port, serve_locally
-from tests.reference import Reference
+from deployments.testing.random_checkpoint import make_checkpoint
+from deployments.testing.local_cluster import free_port, serve_locally
+from tests.support.reference import Reference
 
 REPO = Path(__file__).resolve().parent.parent
 SERVE_CONFIG = REPO / "serve_config.yaml"

@@ -14,8 +14,8 @@ import openai
 import pytest
 from ray import serve
 
-from tests.apps import USER_CONFIG_MODELS, assert_openai_error
-from tests.photos import camera_sized_jpeg, data_uri, photos
+from tests.support.apps import USER_CONFIG_MODELS, assert_openai_error
+from tests.support.photos import camera_sized_jpeg, data_uri, photos
 
 ATOL = 1e-5
 PHOTOS = photos()

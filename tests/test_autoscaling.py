@@ -4,7 +4,7 @@ answered meanwhile is correct.
 
 A second copy of the app, with tight autoscaling settings (no upscale delay, short look-back,
 as Ray's own autoscaling tests use), runs beside the session's app on the session cluster. Its
-encoders take 0.5 s per forward pass (tests/fault_injection.py), as if waiting on a GPU: four
+encoders take 0.5 s per forward pass (tests/support/fault_injection.py), as if waiting on a GPU: four
 clients keep an encoder loaded while the CPU stays free for the new replica to start. (Driving
 the tiny model's millisecond passes hard enough instead saturated both cores, and a new replica
 then took over a minute to start.)"""
@@ -19,9 +19,9 @@ import httpx
 import numpy as np
 import pytest
 
-from deployments.local_cluster import replica_states, running_replicas
-from tests.apps import app_beside
-from tests.photos import data_uri, photos
+from deployments.testing.local_cluster import replica_states, running_replicas
+from tests.support.apps import app_beside
+from tests.support.photos import data_uri, photos
 
 APP = "siglip-autoscaling"
 ROUTE = "/autoscaling"
@@ -33,7 +33,7 @@ URIS = [data_uri(raw) for raw in RAWS]
 
 
 def _tighten(app: dict) -> None:
-    app["import_path"] = "tests.fault_injection:build_slow_app"
+    app["import_path"] = "tests.support.fault_injection:build_slow_app"
     for deployment in app["deployments"]:
         # Only the encoders may grow: the test watches them alone.
         scaled = deployment["name"] in ("VisionEncoder", "TextEncoder")

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoImageProcessor, SiglipModel
 
-from deployments.core.checkpoint import ImageSettings, LogitParams, resolve_model
-from deployments.core.random_checkpoint import (RANDOM_WEIGHTS_CONFIG_KEY, RANDOM_WEIGHTS_WARNING,
-                                                build_config)
+from deployments.core.checkpoint import (RANDOM_WEIGHTS_CONFIG_KEY, ImageSettings, LogitParams,
+                                         resolve_model)
+from deployments.testing.random_checkpoint import RANDOM_WEIGHTS_WARNING, build_config
 
 
 def _parameters(module) -> int:

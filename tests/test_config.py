@@ -1,6 +1,6 @@
 """serve_config.yaml says what it means: Ray silently drops keys it does not know, so every key
 is checked here against Ray's own schema, and the graph's resource requests are checked too. So
-are the environment variables README recommends and the app sets, which Ray ignores as
+are the environment variables docs/operations.md recommends and the app sets, which Ray ignores as
 silently when unknown."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from ray.serve.schema import ServeDeploySchema
 import deployments.app as app_module
 from benchmarks.serving import add_graph_arguments, configure_graph
 from deployments.config import SiglipAppArgs, TextEncoderConfig, VisionEncoderConfig
-from deployments.local_cluster import QUIET_CONTROL_PLANE
-from tests.apps import USER_CONFIG_MODELS
+from deployments.testing.local_cluster import QUIET_CONTROL_PLANE
+from tests.support.apps import USER_CONFIG_MODELS
 
 # Fields Ray types as plain dicts, with the model that really reads them.
 DICT_FIELD_MODELS = {"autoscaling_config": AutoscalingConfig, "args": SiglipAppArgs}
@@ -107,7 +107,7 @@ def test_auto_batch_size_is_smaller_on_a_cpu_and_a_number_wins_everywhere(config
 
 def test_the_benchmarks_cpu_graph_starts_a_full_vision_batch_per_replica_at_once(serve_config):
     """On a CPU machine the Ingress starts as many requests at once as the vision replicas
-    batch, and the rest wait their turn (README, "What serve_config.yaml controls")."""
+    batch, and the rest wait their turn (docs/operations.md, "On one machine")."""
     config = copy.deepcopy(serve_config)
     parser = argparse.ArgumentParser()
     add_graph_arguments(parser)
@@ -181,7 +181,7 @@ def read_in_a_fresh_process(env: dict[str, str], expressions: list[str]) -> list
 
 
 def test_ray_reads_every_variable_of_the_quiet_control_plane():
-    """Ray ignores a variable it does not know, as it does a YAML key: README's advice for
+    """Ray ignores a variable it does not know, as it does a YAML key: docs/operations.md's advice for
     small machines must still reach Serve after a Ray upgrade."""
     # Where Ray 2.60 keeps each variable's value.
     read_as = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "constants.CONTROL_LOOP_INTERVAL_S",
@@ -208,7 +208,7 @@ def test_serve_reads_every_variable_of_the_apps_runtime_env(serve_config):
 def test_the_running_ingress_sends_its_stage_calls_over_grpc(serve_url):
     """The app's runtime_env reached its replicas: the Ingress's handles use Serve's gRPC
     transport (a DeploymentHandle keeps the transport of the process that made it)."""
-    from deployments.local_cluster import ask_each_replica
+    from deployments.testing.local_cluster import ask_each_replica
 
     def handles_by_reference(ingress) -> list[bool]:
         return [handle.handle_options._by_reference
@@ -223,7 +223,7 @@ def test_the_running_ingress_sends_its_stage_calls_over_grpc(serve_url):
 def test_the_cpu_stages_run_without_torch(serve_url):
     """The Ingress, the preprocessor and ScoreFusion never import torch or transformers: each
     of their replicas would carry about 180 MB more, and the preprocessor scales to hundreds."""
-    from deployments.local_cluster import ask_each_replica
+    from deployments.testing.local_cluster import ask_each_replica
 
     def heavy_modules(_) -> list[str]:
         import sys

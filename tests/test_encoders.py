@@ -13,7 +13,7 @@ from deployments.core.checkpoint import ImageSettings
 from deployments.core.embeddings import Embeddings
 from deployments.core.encoders import DRIFT_TOLERANCE, TextEncoderCore, VisionEncoderCore
 from deployments.text_encoder import TextEncoder
-from tests.photos import data_uri, photos, preprocess
+from tests.support.photos import data_uri, photos, preprocess
 
 ATOL = 1e-5
 TEXTS = ["This is a photo of a cat.", "A DOG, running!!", "an astronaut",

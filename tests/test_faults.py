@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import ray
 
-from deployments.local_cluster import replica_actors
-from tests.apps import wait_until_running
-from tests.photos import data_uri, photos
+from deployments.testing.local_cluster import replica_actors
+from tests.support.apps import wait_until_running
+from tests.support.photos import data_uri, photos
 
 APP = "siglip"
 RAWS = [raw for _, raw in photos()[:6]]

@@ -10,8 +10,9 @@ import socket
 import pytest
 
 from deployments.core.fetch import AddressGuard, FetchError, ImageFetcher, ImageUrlPolicy, is_url
-from tests.image_server import image_server
-from tests.photos import photos
+from deployments.core.limits import ImageLimits
+from tests.support.image_server import image_server
+from tests.support.photos import photos
 
 PHOTO = photos()[0][1]
 LOOPBACK_ALLOWED = ImageUrlPolicy(allowed_hosts=("127.0.0.1",), total_timeout_s=3, read_timeout_s=2)
@@ -25,7 +26,7 @@ def server():
 
 def fetch(url: str, policy: ImageUrlPolicy = LOOPBACK_ALLOWED, max_bytes: int = 10**7) -> bytes:
     async def run() -> bytes:
-        fetcher = ImageFetcher(policy, max_bytes)
+        fetcher = ImageFetcher(policy, ImageLimits(max_image_bytes=max_bytes))
         try:
             return await fetcher.fetch(url)
         finally:

@@ -18,7 +18,7 @@ KEYS = ApiKeys(["key-one", "key-two"])
 
 def _app(settings: GateSettings) -> FastAPI:
     app = FastAPI()
-    app.add_middleware(RequestGate, settings=lambda: settings)
+    app.add_middleware(RequestGate, settings=settings)
 
     @app.post("/v1/echo")
     async def echo(request: Request) -> dict:

@@ -1,10 +1,10 @@
-"""The graph behind Ray's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1), the ingress README
-recommends on Linux: the same answers and the same errors as behind Ray's Python proxy, and no
+"""The graph behind Ray's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1), the opt-in of
+docs/operations.md on Linux: the same answers and the same errors as behind Ray's Python proxy, and no
 HAProxy process left holding the port after shutdown."""
 
 import pytest
 
-from tests.apps import run_check_script
+from tests.support.apps import run_check_script
 
 
 @pytest.mark.own_cluster

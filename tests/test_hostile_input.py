@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.apps import app_beside, assert_openai_error, deployment_config, wait_until_running
-from tests.hostile import png_bomb, png_header
-from tests.image_server import image_server
-from tests.photos import data_uri, encode, photos
+from tests.support.apps import app_beside, assert_openai_error, deployment_config, wait_until_running
+from tests.support.hostile import png_bomb, png_header
+from tests.support.image_server import image_server
+from tests.support.photos import data_uri, encode, photos
 
 APP = "siglip-guarded"
 ROUTE = "/guarded"

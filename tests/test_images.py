@@ -17,10 +17,11 @@ from transformers.image_processing_backends import PilBackend
 
 from deployments.core.checkpoint import ImageSettings
 from deployments.core.encoders import VisionEncoderCore
-from deployments.core.images import DecodeOptions, ImageInputError, ImageLimits, image_bytes
+from deployments.core.images import ImageInputError, image_bytes
+from deployments.core.limits import ImageLimits
 from deployments.core.resize import BandedResizer
-from tests.hostile import png_bomb, png_header
-from tests.photos import camera_sized_jpeg, data_uri, encode, photos, preprocess
+from tests.support.hostile import png_bomb, png_header
+from tests.support.photos import camera_sized_jpeg, data_uri, encode, photos, preprocess
 
 PHOTOS = photos()
 
@@ -128,11 +129,11 @@ def test_oversized_and_empty_images_are_refused_from_their_header(raw, reason, s
 def test_image_bytes_limit_holds_before_and_after_base64_decoding(settings):
     raw = encode(Image.new("RGB", (300, 300)), "BMP")  # 270 KB
     with pytest.raises(ImageInputError, match=r"larger than 100000 bytes \(max_image_bytes\)"):
-        preprocess([data_uri(raw)], ["x"], settings, options=DecodeOptions(ImageLimits(max_bytes=100_000)))
+        preprocess([data_uri(raw)], ["x"], settings, limits=ImageLimits(max_image_bytes=100_000))
     # Line breaks inflate the base64 text without adding bytes; the decoded size decides.
     wrapped = "\n".join(base64.b64encode(raw[:99_000]).decode()[i:i + 76] for i in range(0, 132_000, 76))
     with pytest.raises(ImageInputError, match="cannot decode|supported format"):
-        preprocess([wrapped], ["x"], settings, options=DecodeOptions(ImageLimits(max_bytes=100_000)))
+        preprocess([wrapped], ["x"], settings, limits=ImageLimits(max_image_bytes=100_000))
 
 
 def test_urls_are_refused_where_no_fetcher_is_given(settings):
@@ -169,7 +170,7 @@ def test_jpeg_draft_is_an_opt_in_that_only_touches_large_jpegs(settings):
     png = data_uri(encode(photo.resize((1024, 1024)), "PNG"))
     exact = preprocess([large, small, png], ["a", "b", "c"], settings).astype(int)
     drafted = preprocess([large, small, png], ["a", "b", "c"], settings,
-                         options=DecodeOptions(jpeg_draft=True)).astype(int)
+                         jpeg_draft=True).astype(int)
     assert (drafted[1:] == exact[1:]).all()
     difference = np.abs(drafted[0] - exact[0])
     assert difference.max() > 0 and difference.mean() < 2.0

@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from tests.photos import data_uri, photos
+from tests.support.photos import data_uri, photos
 
 URI = data_uri(photos()[0][1])
 

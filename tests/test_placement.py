@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.apps import run_check_script
+from tests.support.apps import run_check_script
 
 
 @pytest.mark.own_cluster

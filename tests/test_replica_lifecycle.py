@@ -3,7 +3,7 @@ compute fails `check_health` and is replaced; a replica stopped by a scale-down 
 batches in flight within `graceful_shutdown_timeout_s`, and (the control) loses them without it;
 requests that arrive while a replica's forward pass runs share its next one.
 
-A copy of the app serves a VisionEncoder from tests/fault_injection.py (each forward pass takes
+A copy of the app serves a VisionEncoder from tests/support/fault_injection.py (each forward pass takes
 2 s), with retries off so that a lost batch reaches the client instead of being re-sent."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from ray import serve
 
-from deployments.local_cluster import replica_actors, running_replicas
-from tests.apps import app_beside, deployment_config, wait_until_running
-from tests.photos import data_uri, photos
+from deployments.testing.local_cluster import replica_actors, running_replicas
+from tests.support.apps import app_beside, deployment_config, wait_until_running
+from tests.support.photos import data_uri, photos
 
 APP = "siglip-lifecycle"
 ROUTE = "/lifecycle"
@@ -27,7 +27,7 @@ URIS = [data_uri(raw) for raw in RAWS]
 
 
 def _faulty(app: dict) -> None:
-    app["import_path"] = "tests.fault_injection:build_faulty_app"
+    app["import_path"] = "tests.support.fault_injection:build_faulty_app"
     app["args"]["stage_retries"] = 0
     for deployment in app["deployments"]:
         deployment.pop("autoscaling_config")

@@ -1,8 +1,8 @@
 """The rewrites of a tower change how it runs, never what it computes.
 
 They are checked here in float32 on the CPU, the GPU's as well. The fused GELU runs another
-kernel on CUDA (cuBLAS's epilogue, not oneDNN's); that one was checked on an H100: README's
-"One GPU, encoders alone" gives the figures.
+kernel on CUDA (cuBLAS's epilogue, not oneDNN's); that one was checked on an H100: the GPU
+section of docs/performance.md gives the figures.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from tests.apps import deploy_beside_the_session_app
+from tests.support.apps import deploy_beside_the_session_app
 
 REQUESTS = 20
 # Ray's router learns that a call was answered from a callback on another thread, a moment
@@ -32,7 +32,7 @@ def _replicas_taking_each_call(app: str, calls: int) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def probe_apps(serve_url, serve_config):
     probes = [{"name": f"routing_probe_{kind}", "route_prefix": f"/routing_probe_{kind}",
-               "import_path": "tests.routing_probe:build_probe_app", "args": {"spreading": spreading}}
+               "import_path": "tests.support.routing_probe:build_probe_app", "args": {"spreading": spreading}}
               for kind, spreading in (("spreading", True), ("default", False))]
     with deploy_beside_the_session_app(serve_config, probes):
         yield

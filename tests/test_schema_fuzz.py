@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from tests.apps import assert_openai_error
+from tests.support.apps import assert_openai_error
 
 SCHEMA = schemathesis.pytest.from_fixture("api_schema")
 ANSWERS: dict[int, int] = {}  # status -> count, printed at the end (pytest -s)

@@ -7,7 +7,7 @@ import numpy as np
 from deployments.core import scoring
 from deployments.core.checkpoint import LogitParams
 from deployments.core.embeddings import Embeddings
-from tests.photos import photos
+from tests.support.photos import photos
 
 LABELS = ["This is a photo of a cat.", "This is a photo of a rocket.", "This is a photo of coffee."]
 

@@ -13,7 +13,7 @@ from ray.serve.exceptions import BackPressureError
 
 from deployments.core.images import ImageInputError
 from deployments.errors import ApiError
-from deployments.ingress import RequestPolicy, StageAttempt, _api_error, call_parts, run_stage_calls
+from deployments.stage_calls import RequestPolicy, StageAttempt, call_parts, run_stage_calls
 
 FAST = RequestPolicy(timeout_s=5, retries=2, retry_backoff_s=0.01)
 
@@ -66,7 +66,7 @@ def test_backpressure_is_not_retried_and_answers_at_once_with_retry_after():
         _run(stage_calls)
     assert len(attempts) == 1
     assert raised.value.status == 503 and raised.value.info.type == "overloaded_error"
-    response = asyncio.run(_api_error(None, raised.value))
+    response = raised.value.response()
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert set(json.loads(response.body)["error"]) == {"message", "type", "param", "code"}
 

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 DEFAULT_MODEL = "google/siglip-so400m-patch14-384"
 MODEL_ENV_VAR = "SIGLIP_MODEL"
+# Set in config.json by siglip-make-checkpoint (deployments/testing/random_checkpoint.py), so
+# that every loader of a random-weight checkpoint can see what it is.
+RANDOM_WEIGHTS_CONFIG_KEY = "random_weights_warning"
 
 
 def resolve_model(configured: str) -> str:

@@ -20,6 +20,8 @@ from urllib.parse import urljoin, urlsplit
 import httpcore
 from pydantic import BaseModel, ConfigDict, Field
 
+from deployments.core.limits import ImageLimits
+
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -29,11 +31,12 @@ class ImageUrlPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(True, description="false: image URLs are refused with a 400.")
-    connect_timeout_s: float = Field(5, gt=0)
+    connect_timeout_s: float = Field(5, gt=0, description="Longest wait for a connection.")
     read_timeout_s: float = Field(10, gt=0, description="Longest wait for the next bytes.")
     total_timeout_s: float = Field(20, gt=0, description="Longest whole fetch, redirects "
                                    "included: a server that trickles bytes is cut off here.")
-    max_redirects: int = Field(3, ge=0, le=10)
+    max_redirects: int = Field(3, ge=0, le=10, description="Redirects followed; each hop "
+                               "is checked like the first URL.")
     allowed_hosts: tuple[str, ...] = Field(
         (), description="Hostnames, IP addresses or networks (CIDR) that may be fetched even "
         "though they are loopback, private, link-local or otherwise not public.")
@@ -96,9 +99,9 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
 
 
 class ImageFetcher:
-    def __init__(self, policy: ImageUrlPolicy, max_bytes: int):
+    def __init__(self, policy: ImageUrlPolicy, limits: ImageLimits):
         self.policy = policy
-        self.max_bytes = max_bytes
+        self.max_bytes = limits.max_image_bytes
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl.create_default_context(), max_connections=64,
             network_backend=_GuardedBackend(AddressGuard(policy.allowed_hosts)))

@@ -8,30 +8,16 @@ import base64
 import binascii
 import io
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deployments.core.checkpoint import ImageSettings
 from deployments.core.fetch import FetchError, ImageFetcher, is_url
+from deployments.core.limits import ImageLimits
 from deployments.core.resize import BandedResizer
 
 WITHOUT_HELPERS = BandedResizer(helper_threads=0)
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    max_bytes: int = 20 * 2**20
-    # 48-megapixel phone photos pass; a decompression bomb is refused from its header.
-    max_pixels: int = 50_000_000
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    limits: ImageLimits = ImageLimits()
-    # Opt-in: decode large JPEGs at reduced scale, at least twice the model's input size.
-    jpeg_draft: bool = False
 
 
 class ImageInputError(ValueError):
@@ -50,7 +36,7 @@ class UnusableImage(ValueError):
     """An image refused by our own checks; the message says why, for the client."""
 
 
-def image_bytes(reference: str, max_bytes: int = ImageLimits.max_bytes) -> bytes:
+def image_bytes(reference: str, max_bytes: int = ImageLimits().max_image_bytes) -> bytes:
     """The bytes of a `data:` URI or of a raw base64 string. Raises UnusableImage."""
     reference = reference.strip()
     if reference.startswith("data:"):
@@ -123,7 +109,7 @@ def prepare(image: Image.Image, settings: ImageSettings,
 
 
 async def preprocess_references(references: list[str], params: list[str], settings: ImageSettings,
-                                options: DecodeOptions = DecodeOptions(),
+                                limits: ImageLimits = ImageLimits(), jpeg_draft: bool = False,
                                 fetcher: ImageFetcher | None = None,
                                 decoder: Executor | None = None,
                                 resizer: BandedResizer = WITHOUT_HELPERS) -> np.ndarray:
@@ -131,11 +117,12 @@ async def preprocess_references(references: list[str], params: list[str], settin
     `fetcher`, http(s) URLs (fetched concurrently). A bad image raises ImageInputError with its
     `params` entry, so one request's bad input never reaches a shared batch. The decoding runs
     on `decoder`'s threads (default: asyncio's), where Pillow releases the GIL, and resizes
-    also on `resizer`'s."""
+    also on `resizer`'s. `jpeg_draft` (opt-in) decodes large JPEGs at reduced scale, at least
+    twice the model's input size: faster, but off the reference processor's pixels."""
     sources = await asyncio.gather(*(_fetch_if_url(reference, param, fetcher)
                                      for reference, param in zip(references, params, strict=True)))
     return await asyncio.get_running_loop().run_in_executor(
-        decoder, _decode_all, sources, params, settings, options, resizer)
+        decoder, _decode_all, sources, params, settings, limits, jpeg_draft, resizer)
 
 
 async def _fetch_if_url(reference: str, param: str, fetcher: ImageFetcher | None) -> str | bytes:
@@ -151,21 +138,20 @@ async def _fetch_if_url(reference: str, param: str, fetcher: ImageFetcher | None
 
 
 def _decode_all(sources: list[str | bytes], params: list[str], settings: ImageSettings,
-                options: DecodeOptions, resizer: BandedResizer) -> np.ndarray:
-    limits = options.limits
-    draft_size = 2 * max(settings.height, settings.width) if options.jpeg_draft else None
+                limits: ImageLimits, jpeg_draft: bool, resizer: BandedResizer) -> np.ndarray:
+    draft_size = 2 * max(settings.height, settings.width) if jpeg_draft else None
     pixels = np.empty((len(sources), settings.height, settings.width, 3), dtype=np.uint8)
     for index, (source, param) in enumerate(zip(sources, params, strict=True)):
         try:
-            data = source if isinstance(source, bytes) else image_bytes(source, limits.max_bytes)
-            pixels[index] = prepare(decode(data, limits.max_pixels, draft_size), settings, resizer)
+            data = source if isinstance(source, bytes) else image_bytes(source, limits.max_image_bytes)
+            pixels[index] = prepare(decode(data, limits.max_image_pixels, draft_size), settings, resizer)
         except UnidentifiedImageError:
             raise ImageInputError(param, "not an image in a supported format "
                                          "(JPEG, PNG, WebP, GIF, BMP, TIFF)") from None
         except UnusableImage as error:
             raise ImageInputError(param, str(error)) from None
         except Image.DecompressionBombError:  # Pillow's own guard, met before ours by some formats
-            raise ImageInputError(param, f"the image has more than {limits.max_pixels} pixels "
+            raise ImageInputError(param, f"the image has more than {limits.max_image_pixels} pixels "
                                          "(max_image_pixels)") from None
         except Exception as error:  # Pillow raises many types for corrupt input.
             raise ImageInputError(param, f"cannot decode image: {error}") from None

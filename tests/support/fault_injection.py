@@ -1,6 +1,6 @@
 """The graph with encoders whose forward passes take a set time, and a VisionEncoder whose model
 a test can break. Serve imports this module in the replicas, by the import paths
-`tests.fault_injection:build_faulty_app` and `tests.fault_injection:build_slow_app`.
+`tests.support.fault_injection:build_faulty_app` and `tests.support.fault_injection:build_slow_app`.
 
 A forward pass that sleeps stands in for one that waits on a GPU: the replica is busy while the
 CPU stays free, so tests can hold batches in flight, or keep an encoder loaded, without the
@@ -21,8 +21,8 @@ from deployments.vision_encoder import VisionEncoder
 
 def _slowed(encoder: Deployment, forward_pass_s: float) -> Deployment:
     class SlowEncoder(encoder.func_or_class):
-        def __init__(self, *args):
-            super().__init__(*args)
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
             encode = self._core.encode
 
             def slow_encode(batch):

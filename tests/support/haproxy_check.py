@@ -1,7 +1,7 @@
 """Run by test_haproxy_ingress.py in a process of its own (Serve reads RAY_SERVE_ENABLE_HA_PROXY
 when its controller starts, so the test session's cluster cannot switch): the graph deployed from
-serve_config.yaml behind Ray's HAProxy ingress, as README's "HAProxy in front" section runs it,
-and a JSON report of what came back. Usage: python tests/haproxy_check.py CHECKPOINT"""
+serve_config.yaml behind Ray's HAProxy ingress, as docs/operations.md's "HAProxy in front" section runs it,
+and a JSON report of what came back. Usage: python tests/support/haproxy_check.py CHECKPOINT"""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import numpy as np
 import psutil
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from deployments.local_cluster import HAPROXY_PACKAGE_DIR, free_port, serve_locally  # noqa: E402
+from deployments.testing.local_cluster import HAPROXY_PACKAGE_DIR, free_port, serve_locally  # noqa: E402
 
 MAX_BODY_BYTES = 8 * 2**20  # above the four photos' request
 
@@ -30,8 +30,8 @@ def haproxy_pids() -> list[int]:
 
 
 def main(checkpoint: str) -> None:
-    from tests.photos import data_uri, photos
-    from tests.reference import Reference
+    from tests.support.photos import data_uri, photos
+    from tests.support.reference import Reference
 
     # HAProxy's stats page, its Prometheus port and the fallback proxy have fixed default ports:
     # free ones, so that the check runs beside any server on this machine.

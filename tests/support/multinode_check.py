@@ -1,7 +1,7 @@
 """Run by test_placement.py in a process of its own (a multi-node cluster cannot share the test
 session's Ray): a CPU-only head and two worker nodes that advertise fake GPUs, the graph
 deployed on them from serve_config.yaml, and a JSON report of where each replica landed and
-whether the answers equal the reference. Usage: python tests/multinode_check.py CHECKPOINT"""
+whether the answers equal the reference. Usage: python tests/support/multinode_check.py CHECKPOINT"""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 
@@ -28,9 +28,9 @@ def main(checkpoint: str) -> None:
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema
 
-    from deployments.local_cluster import deploy_and_wait, free_port
-    from tests.photos import data_uri, photos
-    from tests.reference import Reference
+    from deployments.testing.local_cluster import deploy_and_wait, free_port
+    from tests.support.photos import data_uri, photos
+    from tests.support.reference import Reference
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "num_gpus": 0, "resources": {"cpu_head": 1}, "include_dashboard": False})

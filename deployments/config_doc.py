@@ -1,0 +1,180 @@
+"""Writes docs/configuration.md from the code, so that the settings' documentation has one
+source: the pydantic field descriptions in deployments/config.py (and the models it nests),
+the values serve_config.yaml ships, and Ray's own descriptions of its deployment options.
+
+    python -m deployments.config_doc            # rewrite docs/configuration.md
+    python -m deployments.config_doc --check    # exit 1 if the committed file is out of date
+
+Documentation tooling only: nothing on the serving path imports it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from deployments.config import SiglipAppArgs, TextEncoderConfig, VisionEncoderConfig
+from deployments.core.checkpoint import MODEL_ENV_VAR
+from deployments.gate import API_KEYS_ENV_VAR, API_KEYS_FILE_ENV_VAR
+
+REPO = Path(__file__).resolve().parent.parent
+SERVE_CONFIG = REPO / "serve_config.yaml"
+OUTPUT = REPO / "docs" / "configuration.md"
+
+ENVIRONMENT = {
+    MODEL_ENV_VAR: "Hub id or local folder of the checkpoint to serve; wins over `args.model`. "
+                   "Set it where `serve run` or `ray start` runs.",
+    API_KEYS_ENV_VAR: "Comma-separated API keys. Set (or the file below): every `/v1` route "
+                      "needs `Authorization: Bearer <key>`. Unset: `/v1` is open.",
+    API_KEYS_FILE_ENV_VAR: "A file with one API key per line (`#` starts a comment), e.g. a "
+                           "mounted secret.",
+}
+
+ENCODER_CONFIGS = {"VisionEncoder": VisionEncoderConfig, "TextEncoder": TextEncoderConfig}
+
+
+def _one_line(text: str | None) -> str:
+    return " ".join((text or "").split()).replace("|", "\\|")
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, BaseModel):
+        return ""
+    if isinstance(value, tuple):
+        value = list(value)
+    return f"`{json.dumps(value)}`"
+
+
+def model_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
+    """(dotted name, field) for each leaf setting of `model`, nested models flattened."""
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from model_fields(annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", field
+
+
+def _settings_table(model: type[BaseModel]) -> list[str]:
+    rows = ["| setting | default | what it does |", "|---|---|---|"]
+    for name, field in model_fields(model):
+        rows.append(f"| `{name}` | {_value(field.get_default(call_default_factory=True))} | "
+                    f"{_one_line(field.description)} |")
+    return rows
+
+
+def _auto_batch_sizes(config: type[VisionEncoderConfig | TextEncoderConfig]) -> str:
+    sizes = ", ".join(f"{size} on {device}" for device, size in config.AUTO_MAX_BATCH_SIZE.items())
+    return f"`auto` is {sizes}."
+
+
+def _flatten(settings: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in settings.items():
+        if isinstance(value, dict) and key != "user_config":
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _ray_description(key: str) -> str:
+    from ray.serve.config import AutoscalingConfig
+    from ray.serve.schema import DeploymentSchema, RayActorOptionsSchema
+
+    section, _, field = key.partition(".")
+    model = {"autoscaling_config": AutoscalingConfig,
+             "ray_actor_options": RayActorOptionsSchema}.get(section, DeploymentSchema)
+    info = model.model_fields.get(field if field else section)
+    text = _one_line(info.description if info else "")
+    return text.split(". ")[0].rstrip(".") + "." if text else ""
+
+
+def _deployment_sections(app: dict) -> list[str]:
+    lines = []
+    for deployment in app["deployments"]:
+        name = deployment["name"]
+        lines += ["", f"### {name}", "", "| setting | shipped value | what it does (Ray's words) |",
+                  "|---|---|---|"]
+        for key, value in _flatten({k: v for k, v in deployment.items() if k != "name"}):
+            if key == "user_config":
+                continue
+            lines.append(f"| `{key}` | {_value(value)} | {_ray_description(key)} |")
+        if name in ENCODER_CONFIGS:
+            config = ENCODER_CONFIGS[name]
+            lines += ["", f"`user_config` ({config.__name__}, applied to running replicas "
+                          "without a restart):", ""]
+            lines += _settings_table(config)
+            lines += ["", _auto_batch_sizes(config)]
+    return lines
+
+
+def _code_actor_options() -> list[str]:
+    from deployments.ingress import Ingress
+    from deployments.preprocessor import ImagePreprocessor
+    from deployments.score_fusion import ScoreFusion
+    from deployments.text_encoder import TextEncoder
+    from deployments.vision_encoder import VisionEncoder
+
+    return [f"- {stage.name}: `ray_actor_options: {json.dumps(stage.ray_actor_options)}`"
+            for stage in (Ingress, ImagePreprocessor, VisionEncoder, TextEncoder, ScoreFusion)]
+
+
+def render() -> str:
+    app = yaml.safe_load(SERVE_CONFIG.read_text())["applications"][0]
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- Generated by `python -m deployments.config_doc` from deployments/config.py and",
+        "serve_config.yaml; tests/test_config_doc.py fails when this file is out of date. -->",
+        "",
+        "Everything is set in `serve_config.yaml`, which `serve run serve_config.yaml` deploys:",
+        "the app's arguments under `args:` (validated by `SiglipAppArgs`; an unknown key is an",
+        "error), and each stage's Ray Serve options under `deployments:`. Ray drops unknown keys",
+        "there silently; `tests/test_config.py` checks every key the file holds.",
+        "",
+        "## Environment variables",
+        "",
+        "| variable | what it does |",
+        "|---|---|",
+        *[f"| `{name}` | {text} |" for name, text in ENVIRONMENT.items()],
+        "",
+        "## App arguments (`args:`)",
+        "",
+        *_settings_table(SiglipAppArgs),
+        "",
+        "## Stages (`deployments:`)",
+        "",
+        "The values serve_config.yaml ships. Each stage also asks Ray for resources in code,",
+        "small enough that all five fit on 2 cores; the encoders get `num_gpus` from",
+        "`encoder_gpus`. `ray_actor_options` in the file replaces that whole dict, so for an",
+        "encoder include `num_gpus` too.",
+        "",
+        *_code_actor_options(),
+        *_deployment_sections(app),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if docs/configuration.md differs from what the code says")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        if not OUTPUT.exists() or OUTPUT.read_text() != text:
+            print(f"{OUTPUT} is out of date: run python -m deployments.config_doc", file=sys.stderr)
+            return 1
+        return 0
+    OUTPUT.parent.mkdir(exist_ok=True)
+    OUTPUT.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

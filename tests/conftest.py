@@ -30,6 +30,18 @@ def tiny_checkpoint(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def current_layout_checkpoint(tiny_checkpoint, tmp_path_factory) -> str:
+    """The tiny checkpoint saved again by transformers' own save_pretrained, in the layout
+    transformers 5 writes: one processor_config.json, no preprocessor_config.json."""
+    from transformers import AutoProcessor, SiglipModel
+
+    folder = tmp_path_factory.mktemp("checkpoint") / "tiny-current-layout"
+    SiglipModel.from_pretrained(tiny_checkpoint).save_pretrained(folder)
+    AutoProcessor.from_pretrained(tiny_checkpoint, backend="pil").save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
 def reference(tiny_checkpoint) -> Reference:
     return Reference(tiny_checkpoint)
 

@@ -14,6 +14,8 @@ MODEL_ENV_VAR = "SIGLIP_MODEL"
 # Set in config.json by siglip-make-checkpoint (deployments/testing/random_checkpoint.py), so
 # that every loader of a random-weight checkpoint can see what it is.
 RANDOM_WEIGHTS_CONFIG_KEY = "random_weights_warning"
+MODEL_REMEDY = (f"Set {MODEL_ENV_VAR} to a local checkpoint folder, or make a random-weight test "
+                "checkpoint with `siglip-make-checkpoint --preset tiny --out DIR`.")
 
 
 def resolve_model(configured: str) -> str:
@@ -24,8 +26,9 @@ def resolve_model(configured: str) -> str:
 def checkpoint_file(model: str, filename: str, missing_ok: bool = False) -> str | None:
     """The path of one of the checkpoint's files, fetched from the hub if `model` is not a
     local folder (honoring HF_TOKEN, HF_HOME and HF_HUB_OFFLINE). A file it cannot find raises
-    FileNotFoundError, or gives None if `missing_ok`: absent from the checkpoint, or, for a hub
-    id, neither reachable nor in the cache, which the hub client cannot tell apart."""
+    FileNotFoundError with the remedy, or gives None if `missing_ok`: absent from the
+    checkpoint, or, for a hub id, neither reachable nor in the cache, which the hub client
+    cannot tell apart."""
     if os.path.isdir(model):
         path = os.path.join(model, filename)
         if os.path.isfile(path):
@@ -33,15 +36,45 @@ def checkpoint_file(model: str, filename: str, missing_ok: bool = False) -> str 
         if missing_ok:
             return None
         raise FileNotFoundError(f"The checkpoint {model} has no {filename}.")
+    if model.startswith(("/", ".", "~")) or model.count("/") > 1:  # a path, not a hub id
+        raise FileNotFoundError(f"No checkpoint folder at {model}. {MODEL_REMEDY}")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, RepositoryNotFoundError
 
     try:
         return hf_hub_download(model, filename)
     except EntryNotFoundError as error:
         if missing_ok:
             return None
-        raise FileNotFoundError(f"{filename} of {model}: {error}") from error
+        raise FileNotFoundError(_not_on_the_hub(model, filename)) from error
+    except (RepositoryNotFoundError, HFValidationError) as error:
+        raise FileNotFoundError(_not_on_the_hub(model, filename)) from error
+
+
+def _not_on_the_hub(model: str, filename: str) -> str:
+    return (f"{filename} of {model}: no local folder by that name, and the hub has no such "
+            f"file or cannot be reached, nor is it cached. {MODEL_REMEDY}")
+
+
+def image_processor_config(model: str) -> dict:
+    """The image processor's settings in either layout: transformers 4 saved them as
+    preprocessor_config.json; transformers 5 saves one processor_config.json with them nested
+    under "image_processor", and no preprocessor_config.json."""
+    path = checkpoint_file(model, "preprocessor_config.json", missing_ok=True)
+    if path is not None:
+        with open(path) as f:
+            return json.load(f)
+    path = checkpoint_file(model, "processor_config.json", missing_ok=True)
+    if path is not None:
+        with open(path) as f:
+            nested = json.load(f).get("image_processor")
+        if isinstance(nested, dict):
+            return nested
+    if not os.path.isdir(model):
+        raise FileNotFoundError(_not_on_the_hub(model, "preprocessor_config.json"))
+    raise FileNotFoundError(f"The checkpoint {model} has no image processor settings: neither "
+                            "preprocessor_config.json nor an image_processor entry in "
+                            "processor_config.json.")
 
 
 @dataclass(frozen=True)
@@ -57,10 +90,10 @@ class ImageSettings:
 
     @classmethod
     def from_pretrained(cls, model: str) -> "ImageSettings":
-        """From preprocessor_config.json, with SiglipImageProcessor's defaults for the keys it
-        leaves out (tests/test_checkpoint.py checks both against transformers' processor)."""
-        with open(checkpoint_file(model, "preprocessor_config.json")) as f:
-            config = json.load(f)
+        """From the checkpoint's image processor settings, with SiglipImageProcessor's defaults
+        for the keys it leaves out (tests/test_checkpoint.py checks both layouts against
+        transformers' processor)."""
+        config = image_processor_config(model)
         size = config.get("size", {"height": 224, "width": 224})
         return cls(height=int(size["height"]), width=int(size["width"]),
                    resample=int(config.get("resample", 3)),  # PIL's BICUBIC

@@ -47,7 +47,7 @@ def _png_data_uri() -> str:
 def requests(photos: bool = False) -> dict[str, tuple[str, dict | None]]:
     """Name -> (path, JSON body, or None for a GET)."""
     png = [{"image": _png_data_uri()}]
-    chosen = {"GET /health": ("/health", None),
+    chosen = {"GET /health/live": ("/health/live", None),
               "one text, in the graph's cache": ("/v1/embeddings", {"input": ["a photo of a cat"]}),
               "one 64-pixel PNG": ("/v1/embeddings", {"input": png}),
               "classify a 64-pixel PNG, cached labels": ("/v1/classify", {"input": png, "labels": ["cat", "dog"]})}

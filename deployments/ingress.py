@@ -6,6 +6,7 @@ Ray's dependency resolver; ray-project/ray#56123 is the same race, for cancels).
 embeddings that come back are kept: a known label set never reaches the text encoder again."""
 
 # No `from __future__ import annotations` here: FastAPI reads the route annotations at run time.
+import asyncio
 import base64
 import logging
 import time
@@ -13,6 +14,7 @@ from typing import Awaitable, Sequence
 
 import numpy as np
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -27,7 +29,9 @@ from deployments.protocol import (Classification, ClassifyRequest, ClassifyRespo
                                   EmbeddingData, EmbeddingRequest, EmbeddingResponse, ImageItem,
                                   Item, LabelScore, ModelCard, ModelList, RerankRequest,
                                   RerankResponse, RerankResult, TextItem, Usage)
-from deployments.stage_calls import RequestPolicy, StageAttempt, call_parts, run_stage_calls
+from deployments.stage_calls import (RequestPolicy, StageAttempt, StageCalls, call_parts,
+                                     run_stage_calls)
+from deployments.stage_health import StageWatch, serve_stage_states
 
 logger = logging.getLogger("ray.serve")
 
@@ -73,6 +77,9 @@ class Ingress:
         self._vision = vision
         self._text = text
         self._fusion = fusion
+        app_name = serve.get_replica_context().app_name
+        self._stages = StageWatch(lambda: asyncio.to_thread(serve_stage_states, app_name),
+                                  [stage.deployment_name for stage in (preprocessor, vision, text, fusion)])
 
     # ---- stage calls ---------------------------------------------------------------------
 
@@ -111,6 +118,20 @@ class Ingress:
         return self._encode_images(attempt, [items[i].image for i in images],
                                    [f"{param}[{i}]" for i in images]), texts
 
+    async def _run(self, stage_calls: StageCalls, stages: Sequence[DeploymentHandle]) -> list:
+        """The request's stage calls, after a check that none of the `stages` it needs failed
+        to deploy: such a request gets a 503 naming the stage at once, not after its timeout."""
+        down = await self._stages.failed_stages(stage.deployment_name for stage in stages)
+        if down:
+            stage, why = next(iter(down.items()))
+            raise ApiError(503, f"The {stage} stage cannot serve: {why}",
+                           type="service_unavailable", code="stage_unavailable", retry_after_s=30)
+        return await run_stage_calls(stage_calls, self._policy)
+
+    def _stages_for(self, images: bool, texts: bool, *more: DeploymentHandle) -> list[DeploymentHandle]:
+        return [*((self._preprocessor, self._vision) if images else ()),
+                *((self._text,) if texts else ()), *more]
+
     def _check_model(self, requested: str | None) -> None:
         if requested is not None and requested != self._model_name:
             raise ApiError(404, f"The model '{requested}' does not exist; this server serves "
@@ -122,13 +143,23 @@ class Ingress:
         """This replica's app: the API's routes, served by this object's methods."""
         app = build_fastapi_app(self._gate)
         app.get("/health")(self.health)
+        app.get("/health/live")(self.live)
         app.get("/v1/models")(self.models)
         app.post("/v1/embeddings")(self.embeddings)
         app.post("/v1/classify")(self.classify)
         app.post("/v1/rerank", response_model_exclude_none=True)(self.rerank)
         return app
 
-    async def health(self) -> dict[str, str]:
+    async def health(self) -> JSONResponse:
+        """Readiness: 200 once every stage has a running replica; else 503 naming each stage
+        that has none, and why."""
+        unready = await self._stages.unready_stages()
+        if unready:
+            return JSONResponse({"status": "unavailable", "stages": unready}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def live(self) -> dict[str, str]:
+        """Liveness: this Ingress replica answers."""
         return {"status": "ok"}
 
     async def models(self) -> ModelList:
@@ -144,7 +175,7 @@ class Ingress:
             images, texts = self._encode_items(attempt, items, is_image, "input")
             return [images, self._encode_texts(attempt, texts) if texts else None]
 
-        images, texts = await run_stage_calls(stage_calls, self._policy)
+        images, texts = await self._run(stage_calls, self._stages_for(any(is_image), not all(is_image)))
         embeddings = Embeddings.interleave(is_image, images, texts)
         data = [EmbeddingData(index=i, embedding=_to_wire(vector, body.encoding_format))
                 for i, vector in enumerate(embeddings.vectors)]
@@ -163,8 +194,8 @@ class Ingress:
                                                     self._encode_texts(attempt, prompts)])
             return await attempt.send(self._fusion.classify, labels, body.top_k, images)
 
-        [(rankings, tokens)] = await run_stage_calls(lambda attempt: [classify_calls(attempt)],
-                                                     self._policy)
+        [(rankings, tokens)] = await self._run(lambda attempt: [classify_calls(attempt)],
+                                               self._stages_for(True, True, self._fusion))
         data = []
         for index, ranking in enumerate(rankings):
             predictions = [LabelScore(label=body.labels[r.index], score=r.score) for r in ranking]
@@ -194,8 +225,9 @@ class Ingress:
             return await attempt.send(self._fusion.rerank, query, is_image,
                                       documents if texts else None, body.top_n, images)
 
-        [(ranking, tokens)] = await run_stage_calls(lambda attempt: [rerank_calls(attempt)],
-                                                    self._policy)
+        stages = self._stages_for(any(is_image) or query_reference is not None,
+                                  not all(is_image) or query_reference is None, self._fusion)
+        [(ranking, tokens)] = await self._run(lambda attempt: [rerank_calls(attempt)], stages)
         results = []
         for ranked in ranking:
             document = body.documents[ranked.index] if body.return_documents else None

@@ -18,13 +18,17 @@ from deployments.config import TextEncoderConfig, VisionEncoderConfig
 USER_CONFIG_MODELS = {"VisionEncoder": VisionEncoderConfig, "TextEncoder": TextEncoderConfig}
 
 
-def _deploy(applications: list[dict]) -> None:
+def _deploy(applications: list[dict], wait: bool = True) -> None:
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
     from deployments.testing.local_cluster import deploy_and_wait
 
-    deploy_and_wait(_get_global_client(), ServeDeploySchema.model_validate({"applications": applications}))
+    config = ServeDeploySchema.model_validate({"applications": applications})
+    if wait:
+        deploy_and_wait(_get_global_client(), config)
+    else:
+        _get_global_client().deploy_apps(config, _blocking=False)
 
 
 @contextmanager
@@ -47,11 +51,12 @@ def app_beside(serve_config: dict, name: str, route_prefix: str,
 
 
 @contextmanager
-def deploy_beside_the_session_app(serve_config: dict, applications: list[dict]) -> Iterator[None]:
+def deploy_beside_the_session_app(serve_config: dict, applications: list[dict],
+                                  wait: bool = True) -> Iterator[None]:
     """Deploys `applications` (Serve config dicts) beside the session's app, and removes them
-    afterwards."""
+    afterwards. Without `wait`, returns at once: for an app that is not meant to come up."""
     session_app = serve_config["applications"][0]
-    _deploy([session_app, *applications])
+    _deploy([session_app, *applications], wait)
     try:
         yield
     finally:

@@ -44,8 +44,6 @@ def _one_line(text: str | None) -> str:
 
 
 def _value(value: Any) -> str:
-    if isinstance(value, BaseModel):
-        return ""
     if isinstance(value, tuple):
         value = list(value)
     return f"`{json.dumps(value)}`"
@@ -76,7 +74,7 @@ def _auto_batch_sizes(config: type[VisionEncoderConfig | TextEncoderConfig]) -> 
 
 def _flatten(settings: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
     for key, value in settings.items():
-        if isinstance(value, dict) and key != "user_config":
+        if isinstance(value, dict):
             yield from _flatten(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
@@ -100,9 +98,9 @@ def _deployment_sections(app: dict) -> list[str]:
         name = deployment["name"]
         lines += ["", f"### {name}", "", "| setting | shipped value | what it does (Ray's words) |",
                   "|---|---|---|"]
-        for key, value in _flatten({k: v for k, v in deployment.items() if k != "name"}):
-            if key == "user_config":
-                continue
+        # user_config is the encoders' own model, documented below from its field descriptions.
+        options = {k: v for k, v in deployment.items() if k not in ("name", "user_config")}
+        for key, value in _flatten(options):
             lines.append(f"| `{key}` | {_value(value)} | {_ray_description(key)} |")
         if name in ENCODER_CONFIGS:
             config = ENCODER_CONFIGS[name]

@@ -102,6 +102,6 @@ def serve_stage_states(app_name: str) -> dict[str, StageState]:
     app = serve.status().applications.get(app_name)
     if app is None:
         return {}
-    return {name: StageState(str(d.status.value if hasattr(d.status, "value") else d.status),
-                             d.replica_states.get("RUNNING", 0), d.message or "")
+    return {name: StageState(getattr(d.status, "value", d.status), d.replica_states.get("RUNNING", 0),
+                             d.message or "")
             for name, d in app.deployments.items()}

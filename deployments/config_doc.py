@@ -21,19 +21,21 @@ from pydantic.fields import FieldInfo
 
 from deployments.config import SiglipAppArgs, TextEncoderConfig, VisionEncoderConfig
 from deployments.core.checkpoint import MODEL_ENV_VAR
-from deployments.gate import API_KEYS_ENV_VAR, API_KEYS_FILE_ENV_VAR
+from deployments.gate import API_KEY_DIGESTS_ENV_VAR, API_KEYS_ENV_VAR, API_KEYS_FILE_ENV_VAR
 
 REPO = Path(__file__).resolve().parent.parent
 SERVE_CONFIG = REPO / "serve_config.yaml"
 OUTPUT = REPO / "docs" / "configuration.md"
 
 ENVIRONMENT = {
-    MODEL_ENV_VAR: "Hub id or local folder of the checkpoint to serve; wins over `args.model`. "
-                   "Set it where `serve run` or `ray start` runs.",
-    API_KEYS_ENV_VAR: "Comma-separated API keys. Set (or the file below): every `/v1` route "
+    MODEL_ENV_VAR: "Hub id or local folder of the checkpoint to serve; wins over `args.model`.",
+    API_KEYS_ENV_VAR: "Comma-separated API keys. Set (or one of the two below): every `/v1` route "
                       "needs `Authorization: Bearer <key>`. Unset: `/v1` is open.",
     API_KEYS_FILE_ENV_VAR: "A file with one API key per line (`#` starts a comment), e.g. a "
                            "mounted secret.",
+    API_KEY_DIGESTS_ENV_VAR: "Comma-separated SHA-256 digests (hex) of API keys, for a config "
+                             "that must not hold the keys themselves; `siglip-serve` sends "
+                             f"`{API_KEYS_ENV_VAR}` this way.",
 }
 
 ENCODER_CONFIGS = {"VisionEncoder": VisionEncoderConfig, "TextEncoder": TextEncoderConfig}
@@ -140,6 +142,12 @@ def render() -> str:
         "| variable | what it does |",
         "|---|---|",
         *[f"| `{name}` | {text} |" for name, text in ENVIRONMENT.items()],
+        "",
+        "The replicas read them. `serve run` passes on its environment only when it starts Ray",
+        "itself. With Ray already running (`ray start`, `RAY_ADDRESS`), start with `siglip-serve",
+        "serve_config.yaml` instead: `serve run` with the same options, which also carries these",
+        "variables to the replicas (keys as their digests). Or set them in the file's",
+        "`runtime_env.env_vars`, or where `ray start` runs on every node.",
         "",
         "## App arguments (`args:`)",
         "",

@@ -18,14 +18,21 @@ from deployments.protocol import ErrorInfo
 
 API_KEYS_ENV_VAR = "SIGLIP_API_KEYS"
 API_KEYS_FILE_ENV_VAR = "SIGLIP_API_KEYS_FILE"
+# The keys' SHA-256 digests, in hex: how siglip-serve passes keys to a running cluster, so
+# that no key sits in the deployed config (deployments/launch.py).
+API_KEY_DIGESTS_ENV_VAR = "SIGLIP_API_KEY_SHA256"
+
+
+def key_digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
 
 
 class ApiKeys:
     """The accepted keys, compared in constant time: the time taken reveals neither which key
     nor how much of one matched."""
 
-    def __init__(self, keys: Iterable[str]):
-        self._digests = [hashlib.sha256(key.encode()).digest() for key in keys]
+    def __init__(self, digests: Iterable[bytes]):
+        self._digests = list(digests)
         if not self._digests:
             raise ValueError("no API keys given")
 
@@ -33,23 +40,36 @@ class ApiKeys:
         return len(self._digests)
 
     def accepts(self, key: str) -> bool:
-        digest = hashlib.sha256(key.encode()).digest()
+        digest = key_digest(key)
         matches = [hmac.compare_digest(digest, known) for known in self._digests]  # no early exit
         return any(matches)
 
     @classmethod
     def from_environment(cls, environ=os.environ) -> ApiKeys | None:
-        """Keys from SIGLIP_API_KEYS (comma-separated) and the file SIGLIP_API_KEYS_FILE names
-        (one per line, `#` comments), so they come from a secret, never from the YAML. None
-        when neither is set: the API is open."""
+        """Keys from SIGLIP_API_KEYS (comma-separated), the file SIGLIP_API_KEYS_FILE names
+        (one per line, `#` comments) and SIGLIP_API_KEY_SHA256 (digests, comma-separated), so
+        they come from a secret, never from the YAML. None when none is set: the API is open."""
         keys = [key.strip() for key in environ.get(API_KEYS_ENV_VAR, "").split(",")]
         if path := environ.get(API_KEYS_FILE_ENV_VAR):
             lines = Path(path).read_text().splitlines()
             keys += [line.strip() for line in lines if not line.lstrip().startswith("#")]
-        keys = [key for key in keys if key]
-        if (API_KEYS_ENV_VAR in environ or API_KEYS_FILE_ENV_VAR in environ) and not keys:
-            raise ValueError(f"{API_KEYS_ENV_VAR} / {API_KEYS_FILE_ENV_VAR} are set but hold no key")
-        return cls(keys) if keys else None
+        digests = [key_digest(key) for key in keys if key]
+        digests += [_sha256_from_hex(text.strip())
+                    for text in environ.get(API_KEY_DIGESTS_ENV_VAR, "").split(",") if text.strip()]
+        names = (API_KEYS_ENV_VAR, API_KEYS_FILE_ENV_VAR, API_KEY_DIGESTS_ENV_VAR)
+        if any(name in environ for name in names) and not digests:
+            raise ValueError(f"{' / '.join(names)} are set but hold no key")
+        return cls(digests) if digests else None
+
+
+def _sha256_from_hex(text: str) -> bytes:
+    try:
+        digest = bytes.fromhex(text)
+    except ValueError:
+        digest = b""
+    if len(digest) != hashlib.sha256().digest_size:
+        raise ValueError(f"{API_KEY_DIGESTS_ENV_VAR} holds {text[:8]}..., not a SHA-256 digest in hex")
+    return digest
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from fastapi import FastAPI, Request
 
 from deployments.config import InputLimits
 from deployments.errors import ApiError
-from deployments.gate import ApiKeys, GateSettings, RequestGate, check_request_size
+from deployments.gate import ApiKeys, GateSettings, RequestGate, check_request_size, key_digest
 
-KEYS = ApiKeys(["key-one", "key-two"])
+KEYS = ApiKeys(map(key_digest, ["key-one", "key-two"]))
 
 
 def _app(settings: GateSettings) -> FastAPI:
@@ -80,6 +80,15 @@ def test_keys_come_from_the_environment_or_a_file(tmp_path):
     assert len(keys) == 1 and keys.accepts("file-key") and not keys.accepts("# rotated 2026-11")
     with pytest.raises(ValueError, match="hold no key"):
         ApiKeys.from_environment({"SIGLIP_API_KEYS": " , "})
+
+
+def test_keys_may_come_as_their_digests_alone():
+    digests = ",".join(key_digest(key).hex() for key in ("one", "two"))
+    keys = ApiKeys.from_environment({"SIGLIP_API_KEY_SHA256": digests, "SIGLIP_API_KEYS": "three"})
+    assert len(keys) == 3 and all(map(keys.accepts, ("one", "two", "three")))
+    assert not keys.accepts(key_digest("one").hex())
+    with pytest.raises(ValueError, match="not a SHA-256 digest"):
+        ApiKeys.from_environment({"SIGLIP_API_KEY_SHA256": "abc"})
 
 
 @pytest.mark.parametrize("counts, limit", [

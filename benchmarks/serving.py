@@ -3,7 +3,8 @@
   (a) limit  - the project's encoder code in-process on pre-decoded batches, no serving
   (b) graph  - this Ray Serve graph over HTTP, deployed from serve_config.yaml
   (c) naive  - one FastAPI process with transformers' pipeline / get_*_features
-  (d) peer   - optionally, any OpenAI-compatible server given by --peer-url (embeddings only)
+  (d) Infinity - optionally (--infinity VENV), infinity-emb 0.0.78 on the same checkpoint and
+                 photos (embeddings only)
 
 over six workloads of real JPEG photographs (1-12 megapixels), at closed-loop concurrency
 1, 4, 16, 64 and an open-loop Poisson rate, a workload at a time, each with the limit
@@ -19,8 +20,9 @@ throughput, equal the real model's; the scores are meaningless.
 from __future__ import annotations
 
 import argparse
-import base64
 import asyncio
+import base64
+import dataclasses
 import io
 import itertools
 import json
@@ -71,14 +73,16 @@ class Workload:
     items_per_request: int
     texts_to_encode: int  # fresh texts per request that no cache can serve
     images_to_encode: int
-    make_body: Callable[[int], bytes]  # the body of the i-th request
+    make_payload: Callable[[int], dict]  # the JSON body of the i-th request, in our API's shape
+    # The body in the shape of the server measured (a peer's API, for the same inputs).
+    dialect: Callable[[dict], dict] = lambda payload: payload
     _sent: Iterator[int] = field(default_factory=itertools.count, repr=False)
 
     def next_body(self) -> bytes:
         """The body of the next request, numbered across the whole run. Numbered per load
         point, texts meant to be fresh came back at every point, and the graph's text caches
         served them: that made the graph look faster than the limit on fresh texts."""
-        return self.make_body(next(self._sent))
+        return json.dumps(self.dialect(self.make_payload(next(self._sent)))).encode()
 
 
 def realistic_jpegs() -> list[str]:
@@ -102,25 +106,22 @@ def sentence(seed: int) -> str:
 
 
 def workloads(photos: list[str]) -> list[Workload]:
-    def body(payload: dict) -> bytes:
-        return json.dumps(payload).encode()
-
     def photo(i: int) -> str:
         return photos[i % len(photos)]
 
     return [
         Workload("classify", "/v1/classify", "image", 1, 0, 1,
-                 lambda i: body({"input": [photo(i)], "labels": LABELS})),
+                 lambda i: {"input": [photo(i)], "labels": LABELS}),
         Workload("classify_fresh_labels", "/v1/classify", "image", 1, len(LABELS), 1,
-                 lambda i: body({"input": [photo(i)], "labels": [f"{l} {i}" for l in LABELS]})),
+                 lambda i: {"input": [photo(i)], "labels": [f"{l} {i}" for l in LABELS]}),
         Workload("image_embeddings_1", "/v1/embeddings", "image", 1, 0, 1,
-                 lambda i: body({"input": [{"image": photo(i)}]})),
+                 lambda i: {"input": [{"image": photo(i)}]}),
         Workload("image_embeddings_8", "/v1/embeddings", "image", 8, 0, 8,
-                 lambda i: body({"input": [{"image": photo(i + k)} for k in range(8)]})),
+                 lambda i: {"input": [{"image": photo(i + k)} for k in range(8)]}),
         Workload("text_embeddings_32", "/v1/embeddings", "text", 32, 32, 0,
-                 lambda i: body({"input": [sentence(i * 32 + k) for k in range(32)]})),
+                 lambda i: {"input": [sentence(i * 32 + k) for k in range(32)]}),
         Workload("rerank_16", "/v1/rerank", "image", 16, 1, 16,
-                 lambda i: body({"query": sentence(10**9 + i), "documents": [{"image": photo(i + k)} for k in range(16)]})),
+                 lambda i: {"query": sentence(10**9 + i), "documents": [{"image": photo(i + k)} for k in range(16)]}),
     ]
 
 
@@ -382,18 +383,6 @@ def graph_batch_stats() -> dict:
     return stats
 
 
-def fixed_replicas(deployment: str, encoder_replicas: int) -> int:
-    """Replicas of each stage when the encoders have a fixed count, as on a CPU machine. There,
-    every core is busy already: a replica the autoscaler adds only takes CPU to start (seconds
-    of imports and model loading) and then competes for the same cores."""
-    if deployment in ("VisionEncoder", "TextEncoder"):
-        return encoder_replicas
-    if deployment == "ImagePreprocessor":
-        # One decode thread per replica, and a decode costs about a quarter of an encode.
-        return math.ceil(encoder_replicas / 4)
-    return 1  # Ingress and ScoreFusion: async, a few ms of CPU per request
-
-
 def encoder_batching(config: dict) -> tuple[VisionEncoderConfig, TextEncoderConfig]:
     """The vision and text encoders' batching as `config` (serve_config.yaml) sets it."""
     user_configs = {d["name"]: d.get("user_config", {}) for d in config["applications"][0]["deployments"]}
@@ -401,41 +390,35 @@ def encoder_batching(config: dict) -> tuple[VisionEncoderConfig, TextEncoderConf
             TextEncoderConfig.model_validate(user_configs["TextEncoder"]))
 
 
-def ingress_admissions(config: dict, args) -> int:
-    """Requests the Ingress works on at once when the encoders have a fixed count: enough to
-    fill every vision replica's batch. Under overload the rest wait, in order of arrival, in
-    Ray's proxy (behind HAProxy, in the Ingress replica's own queue) instead of all decoding and
-    encoding at once: the work goes to the oldest requests, and a request that its client gives
-    up on before it starts costs nothing."""
-    vision, _ = encoder_batching(config)
-    return args.encoder_replicas * vision.max_batch_size_on(resolve_device(args.device).type)
-
-
 def graph_setting(args) -> str:
-    """How the graph's stages were scaled and its encoders run, for the report."""
-    threads = f"{args.torch_threads} torch thread(s) per encoder replica, dtype {args.dtype}"
+    """How the graph's encoders ran and what received HTTP, for the report."""
     ingress = "HAProxy ingress" if args.ingress == "haproxy" else "Ray's Python proxy"
-    ray_setting = f"{ingress}; Ray's control plane at its {args.control_plane} pace"
-    if not args.encoder_replicas:
-        return f"serve_config.yaml's autoscaling, {threads}; {ray_setting}"
-    counts = ", ".join(f"{name} {fixed_replicas(name, args.encoder_replicas)}"
-                       for name in ("VisionEncoder", "TextEncoder", "ImagePreprocessor", "Ingress", "ScoreFusion"))
-    return (f"fixed replicas: {counts}; the Ingress works on {ingress_admissions(serve_config(), args)} "
-            f"requests at once; {threads}; {ray_setting}")
+    return (f"serve_config.yaml as shipped, sized by the app for this cluster; dtype {args.dtype}; "
+            f"{ingress}; Ray's control plane at its {args.control_plane} pace")
+
+
+def deployed_sizing(app: str = "siglip") -> dict[str, str]:
+    """Per stage, the replicas and CPUs Serve runs it with, and the encoders' torch threads."""
+    from ray.serve.context import _get_global_client
+
+    running = _get_global_client().get_serve_details()["applications"][app]["deployments"]
+    sizing = {}
+    for name, details in running.items():
+        config = details["deployment_config"]
+        scaling = config.get("autoscaling_config")
+        count = (f"{scaling['min_replicas']}-{scaling['max_replicas']} replicas" if scaling
+                 else f"{config['num_replicas']} replica(s)")
+        sizing[name] = (f"{count} of {config['ray_actor_options'].get('num_cpus')} CPU, "
+                        f"{config['max_ongoing_requests']} requests at once")
+    for name in ("VisionEncoder", "TextEncoder"):
+        threads = {c["torch_threads"] for c in ask_each_replica(app, name, lambda e: e.effective_config())}
+        sizing[name] += f", {'/'.join(map(str, sorted(threads)))} torch thread(s)"
+    return sizing
 
 
 def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that `serve_graph` reads."""
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    on_cpu = not torch.cuda.is_available()
-    parser.add_argument("--torch-threads", type=int, default=1,
-                        help="torch threads in each encoder replica of the graph")
-    parser.add_argument("--encoder-replicas", type=int, default=os.cpu_count() if on_cpu else None,
-                        help="a fixed replica count for each encoder of the graph, and fixed counts "
-                             "for the other stages (default: one per core on a CPU machine, where "
-                             "single-thread replicas waste the least CPU; serve_config.yaml's "
-                             "autoscaling on a GPU machine)")
-    parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs Ray may schedule (default: all)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                         help="the encoders' dtype, in the graph and the limit; the naive server "
                              "stays in float32 (bfloat16 on a CPU: fast with AMX, off the reference; "
@@ -446,38 +429,24 @@ def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ingress", default="proxy", choices=["proxy", "haproxy"],
                         help="what receives HTTP: Ray's Python proxy, as `serve run` starts it, or "
                              "Ray's HAProxy ingress (Linux; docs/operations.md, \"HAProxy in front\")")
-    parser.add_argument("--control-plane", default="quiet", choices=["quiet", "default"],
-                        help="Ray's control plane paced for a small machine (QUIET_CONTROL_PLANE in "
-                             "deployments/testing/local_cluster.py, as docs/operations.md recommends for CPU machines), "
-                             "or at Ray's default pace")
-
-
-def configure_graph(config: dict, args) -> int | None:
-    """Sets the app's args and replica counts as `args` ask, in place; returns the CPUs Ray
-    may schedule."""
-    app = config["applications"][0]
-    app["args"] = {**app.get("args", {}), "device": args.device, "torch_threads": args.torch_threads,
-                   "jpeg_draft": args.jpeg_draft, "dtype": args.dtype}
-    if not args.encoder_replicas:
-        return args.ray_cpus
-    for deployment in app["deployments"]:
-        deployment.pop("autoscaling_config", None)
-        deployment["num_replicas"] = fixed_replicas(deployment["name"], args.encoder_replicas)
-        if deployment["name"] == "Ingress":
-            deployment["max_ongoing_requests"] = ingress_admissions(config, args)
-    # Vision and text replicas both get a thread per core and take turns on it: count
-    # each core twice so that Ray places them all.
-    return args.ray_cpus or 2 * os.cpu_count()
+    parser.add_argument("--control-plane", default="default", choices=["quiet", "default"],
+                        help="Ray's control plane at its default pace, as `serve run` starts it, or paced "
+                             "for a small machine (QUIET_CONTROL_PLANE in deployments/testing/local_cluster.py)")
 
 
 def serve_graph(config: dict, model: str, args):
-    """The graph deployed from `config` as `args` ask; yields its base URL."""
-    return serve_locally(config, model, num_cpus=configure_graph(config, args), haproxy=args.ingress == "haproxy",
+    """The graph deployed from `config`, with the app args `args` set, on a local cluster with
+    Ray's default CPUs, as `serve run` starts it; yields its base URL."""
+    app = config["applications"][0]
+    app["args"] = {**app.get("args", {}), "device": args.device, "jpeg_draft": args.jpeg_draft, "dtype": args.dtype}
+    return serve_locally(config, model, haproxy=args.ingress == "haproxy",
                          quiet_control_plane=args.control_plane == "quiet")
 
 
-def benchmark_graph(model: str, config: dict, chosen, args) -> list[dict]:
+def benchmark_graph(model: str, config: dict, chosen, args, sizing: dict) -> list[dict]:
+    """The graph's points; `sizing` gets what the app sized each stage to."""
     with serve_graph(config, model, args) as url:
+        sizing.update(deployed_sizing())
         rows = run_loads("graph", url, chosen, args, {}, ray_cpu_seconds, graph_batch_stats)
         if args.poisson_fraction > 0:
             rows += run_loads("graph", url, chosen, _only_open_loop(args),
@@ -490,23 +459,75 @@ def _only_open_loop(args):
 
 
 @contextmanager
-def naive_server(model: str) -> Iterator[tuple[str, int]]:
-    """Yields (base URL, pid) of benchmarks/naive_server.py, started and ready."""
+def started_server(command: list[str], ready_path: str, env: dict | None = None) -> Iterator[tuple[str, int]]:
+    """Yields (base URL, pid) of `command --port PORT`, once `ready_path` answers."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "benchmarks.naive_server", "--model", model,
-                               "--port", str(port)], cwd=REPO)
+    server = subprocess.Popen([*command, "--port", str(port)], cwd=REPO, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
+        for _ in range(1200):
             try:
-                httpx.get(url + "/docs", timeout=1)
-                break
+                if httpx.get(url + ready_path, timeout=1).status_code == 200:
+                    break
             except httpx.HTTPError:
-                time.sleep(0.5)
+                pass
+            time.sleep(0.5)
         yield url, server.pid
     finally:
         server.kill()
         server.wait()
+
+
+def naive_server(model: str):
+    """benchmarks/naive_server.py, started and ready."""
+    return started_server([sys.executable, "-m", "benchmarks.naive_server", "--model", model], "/docs")
+
+
+INFINITY_MODEL_NAME = "siglip"
+
+
+def for_transformers_4(model: str) -> str:
+    """The checkpoint as transformers 4 reads it, beside it: the same files (linked), but
+    tokenizer_config.json's `extra_special_tokens` as the dict transformers 4 expects, not the
+    empty list transformers 5 writes."""
+    folder = Path(f"{model.rstrip('/')}-transformers4")
+    folder.mkdir(exist_ok=True)
+    for source in Path(model).iterdir():
+        target = folder / source.name
+        if source.name == "tokenizer_config.json":
+            config = json.loads(source.read_text())
+            config["extra_special_tokens"] = config.get("extra_special_tokens") or {}
+            target.write_text(json.dumps(config, indent=2))
+        elif not target.exists():
+            target.symlink_to(source.resolve())
+    return str(folder)
+
+
+def infinity_server(venv: Path, model: str):
+    """Infinity (infinity-emb 0.0.78) serving `model` on the CPU at /v1, started from its own
+    virtual environment: it pins an older torch and transformers than ours (docs/performance.md
+    says how to make it). It would report usage over the network unless told not to."""
+    env = {**os.environ, "INFINITY_ANONYMOUS_USAGE_STATS": "0", "HF_HUB_OFFLINE": "1"}
+    command = [str(venv / "bin" / "infinity_emb"), "v2", "--model-id", for_transformers_4(model), "--served-model-name",
+               INFINITY_MODEL_NAME, "--url-prefix", "/v1", "--engine", "torch", "--device", "cpu"]
+    return started_server(command, "/v1/models", env)
+
+
+def infinity_payload(payload: dict) -> dict:
+    """Our embeddings request in Infinity's shape: images as a list of URIs with modality
+    "image" (the benchmark's photos are RGB JPEGs: Infinity hangs on CMYK and grayscale ones)."""
+    items = payload["input"]
+    if all(isinstance(item, dict) for item in items):
+        return {"model": INFINITY_MODEL_NAME, "input": [item["image"] for item in items], "modality": "image"}
+    return {"model": INFINITY_MODEL_NAME, "input": items}
+
+
+def benchmark_infinity(venv: Path, model: str, workload: Workload, args, rates) -> list[dict]:
+    if workload.path != "/v1/embeddings":
+        return []
+    spoken = dataclasses.replace(workload, dialect=infinity_payload, _sent=itertools.count())
+    with infinity_server(venv, model) as (url, pid):
+        return run_loads("infinity", url, [spoken], args, rates, process_cpu_seconds(pid))
 
 
 def benchmark_naive(model: str, chosen, args, rates) -> list[dict]:
@@ -530,13 +551,14 @@ def summarize(rows: list[dict], limits: dict[str, dict], chosen: list[Workload],
             return next((r[key] for r in rows if r["system"] == system and r["workload"] == workload.name
                          and r.get("concurrency") == concurrency), None)
 
-        graph, naive = best("graph"), best("naive")
+        graph, naive, infinity = best("graph"), best("naive"), best("infinity")
         entry = {"workload": workload.name, "item": workload.item,
                  "limit_items_per_s": round(limit_rate, 3),
                  "limit_images_per_s_before_after": [round(limit[when]["images_per_s"], 2)
                                                      for when in ("before", "after")],
-                 "graph_items_per_s": graph, "naive_items_per_s": naive,
-                 "efficiency_graph_over_limit": graph and round(graph / limit_rate, 3)}
+                 "graph_items_per_s": graph, "naive_items_per_s": naive, "infinity_items_per_s": infinity,
+                 "efficiency_graph_over_limit": graph and round(graph / limit_rate, 3),
+                 "graph_over_infinity": round(graph / infinity, 2) if graph and infinity else None}
         for concurrency in (16, 64):
             g, n = at("graph", concurrency, "items_per_s"), at("naive", concurrency, "items_per_s")
             entry[f"speedup_over_naive_c{concurrency}"] = round(g / n, 2) if g and n else None
@@ -568,13 +590,17 @@ def markdown(report: dict) -> str:
     if report.get("bfloat16"):
         lines += ["The graph and the limit ran in bfloat16, the naive server in float32. bfloat16 against "
                   f"float32, on the CPU: {report['bfloat16']}.", ""]
-    lines += ["| workload | limit (a) items/s | limit images/s before, after | graph (b) | naive (c) | (b)/(a) "
-              "| (b)/(c) at 16 | (b)/(c) at 64 | p50 c=1 graph / naive (ms) | $ per 1k images |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    if report.get("graph_sizing"):
+        lines += ["The graph's stages, as the app sized them: " + "; ".join(
+            f"{stage} {text}" for stage, text in report["graph_sizing"].items()) + ".", ""]
+    lines += ["| workload | limit (a) items/s | limit images/s before, after | graph (b) | naive (c) | Infinity (d) "
+              "| (b)/(a) | (b)/(d) | (b)/(c) at 16 | (b)/(c) at 64 | p50 c=1 graph / naive (ms) | $ per 1k images |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in report["summary"]:
         before, after = s["limit_images_per_s_before_after"]
         lines.append(f"| {s['workload']} | {s['limit_items_per_s']} | {before}, {after} | {s['graph_items_per_s']} | "
-                     f"{s['naive_items_per_s']} | {s['efficiency_graph_over_limit']} | "
+                     f"{s['naive_items_per_s']} | {s['infinity_items_per_s']} | {s['efficiency_graph_over_limit']} | "
+                     f"{s['graph_over_infinity']} | "
                      f"{s['speedup_over_naive_c16']} | {s['speedup_over_naive_c64']} | "
                      f"{s['p50_ms_c1_graph']} / {s['p50_ms_c1_naive']} | {s.get('usd_per_1000_images', '')} |")
     lines += ["", "| system | workload | load | items/s | p50 ms | p95 ms | p99 ms | errors | mean batch (vision, text) "
@@ -588,11 +614,6 @@ def markdown(report: dict) -> str:
                      f"{batches.get('VisionEncoder', '')}, {batches.get('TextEncoder', '')} | "
                      f"{', '.join(f'{role} {ms}' for role, ms in r['cpu_ms_per_request'].items())} |")
     return "\n".join(lines) + "\n"
-
-
-def peer_rows(url: str, chosen: list[Workload], args) -> list[dict]:
-    embeddings_only = [w for w in chosen if w.path == "/v1/embeddings"]
-    return run_loads("peer", url.rstrip("/"), embeddings_only, args, {}, dict)
 
 
 def preset_checkpoint(preset: str) -> str:
@@ -622,7 +643,7 @@ def main() -> None:
     parser.add_argument("--preset", default="base", choices=["tiny", "base", "so400m"])
     parser.add_argument("--model", help="an existing checkpoint instead of a generated preset")
     parser.add_argument("--workloads", nargs="+", help="names to run (default: all)")
-    parser.add_argument("--systems", nargs="+", default=["graph", "naive"], choices=["graph", "naive"])
+    parser.add_argument("--systems", nargs="+", default=["graph", "naive"], choices=["graph", "naive", "infinity"])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--duration", type=float, default=15, help="seconds per load point")
     parser.add_argument("--poisson-fraction", type=float, default=0.7,
@@ -630,9 +651,13 @@ def main() -> None:
                              "rate, offered to every system (0 skips it)")
     parser.add_argument("--gpu-price", type=float, default=2.5, help="USD per GPU-hour, for cost per 1k images")
     add_graph_arguments(parser)
-    parser.add_argument("--peer-url", help="an external OpenAI-compatible server, for embeddings")
+    parser.add_argument("--infinity", type=Path, metavar="VENV",
+                        help="the virtual environment infinity-emb 0.0.78 is installed in, for the "
+                             "infinity system (docs/performance.md)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
+    if "infinity" in args.systems and not args.infinity:
+        parser.error("--systems infinity needs --infinity VENV")
 
     model = args.model or preset_checkpoint(args.preset)
     config = serve_config()
@@ -654,22 +679,23 @@ def main() -> None:
 
     photos = realistic_jpegs()
     chosen = [w for w in workloads(photos) if not args.workloads or w.name in args.workloads]
-    limits, rows = {}, []
+    limits, rows, sizing = {}, [], {}
     for workload in chosen:
         # A workload at a time: the limit, the graph's points (closed loops, then the open loop
-        # at a rate its best sets), the limit again, then the naive server's points. This
+        # at a rate its best sets), the limit again, then the other servers' points. This
         # machine's speed drifts by a fifth within a run, so each ratio compares measurements
         # taken minutes apart, not most of an hour.
         before = limit_now()
-        graph_rows = benchmark_graph(model, config, [workload], args) if "graph" in args.systems else []
+        graph_rows = benchmark_graph(model, config, [workload], args, sizing) if "graph" in args.systems else []
         limits[workload.name] = mean_limit(before, limit_now())
         rows += graph_rows
+        rates = poisson_rates(graph_rows, args.poisson_fraction)
         if "naive" in args.systems:
-            rows += benchmark_naive(model, [workload], args, poisson_rates(graph_rows, args.poisson_fraction))
-    if args.peer_url:
-        rows += peer_rows(args.peer_url, chosen, args)
+            rows += benchmark_naive(model, [workload], args, rates)
+        if "infinity" in args.systems:
+            rows += benchmark_infinity(args.infinity, model, workload, args, rates)
 
-    report = {"machine": machine(), "graph_encoders": graph_setting(args),
+    report = {"machine": machine(), "graph_encoders": graph_setting(args), "graph_sizing": sizing,
               "preset": args.model or args.preset, "device": args.device, "duration_s": args.duration,
               "command": "python -m benchmarks.serving " + " ".join(sys.argv[1:]), "limit": limits, "rows": rows,
               "jpeg_draft": jpeg_draft_deviation(model, photos) if args.jpeg_draft else None,

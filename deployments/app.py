@@ -16,11 +16,12 @@ from ray.serve import Application
 from ray.serve.deployment import Deployment
 
 from deployments.config import SiglipAppArgs
-from deployments.core.checkpoint import resolve_model
+from deployments.core.checkpoint import resolve_model, weights_bytes
 from deployments.ingress import Ingress
 from deployments.preprocessor import ImagePreprocessor
 from deployments.routing import SPREADING_OPTIONS
 from deployments.score_fusion import ScoreFusion
+from deployments.sizing import Cluster, size_graph
 from deployments.stage_calls import RequestPolicy
 from deployments.text_encoder import TextEncoder
 from deployments.vision_encoder import VisionEncoder
@@ -45,27 +46,31 @@ def build_graph(args: SiglipAppArgs, vision_encoder: Deployment,
     model can be broken or slowed down."""
     model = resolve_model(args.model)
     gpus = encoder_gpus(args)
-    logger.info("Serving %s; each encoder replica asks for %s GPU(s).", model, gpus)
+    cluster = Cluster.current()
+    sizing = size_graph(cluster, gpus, weights_bytes(model))
+    torch_threads = args.torch_threads or sizing.torch_threads
+    logger.info("Serving %s on a cluster of %s CPUs and %s GPUs: %s; %s torch thread(s) per "
+                "encoder replica (serve_config.yaml's options win over these).", model,
+                cluster.cpus, cluster.gpus, sizing.stages, torch_threads or "Ray's")
 
     # The preprocessor and the encoders get several calls at once from one request:
     # SPREADING_OPTIONS spreads them over their replicas (deployments/routing.py).
-    def on_encoder_device(deployment):
-        options = {**deployment.ray_actor_options, "num_gpus": gpus}
-        return deployment.options(ray_actor_options=options, **SPREADING_OPTIONS)
+    def sized(deployment: Deployment, spreading: bool = False) -> Deployment:
+        return deployment.options(**sizing.stages[deployment.name], **(SPREADING_OPTIONS if spreading else {}))
 
-    return Ingress.bind(
+    return sized(Ingress).bind(
         served_model_name=args.served_model_name or model,
         policy=RequestPolicy(timeout_s=args.request_timeout_s, retries=args.stage_retries,
                              images_per_call=args.images_per_call,
                              texts_per_call=args.texts_per_call),
         limits=args.limits,
         text_cache_size=args.ingress_text_cache_size,
-        preprocessor=ImagePreprocessor.options(**SPREADING_OPTIONS).bind(
+        preprocessor=sized(ImagePreprocessor, spreading=True).bind(
             model=model, limits=args.limits, jpeg_draft=args.jpeg_draft,
             url_policy=args.image_urls),
-        vision=on_encoder_device(vision_encoder).bind(
-            model=model, device=args.device, dtype=args.dtype, torch_threads=args.torch_threads),
-        text=on_encoder_device(text_encoder).bind(
-            model=model, device=args.device, dtype=args.dtype, torch_threads=args.torch_threads),
-        fusion=ScoreFusion.bind(model=model),
+        vision=sized(vision_encoder, spreading=True).bind(
+            model=model, device=args.device, dtype=args.dtype, torch_threads=torch_threads),
+        text=sized(text_encoder, spreading=True).bind(
+            model=model, device=args.device, dtype=args.dtype, torch_threads=torch_threads),
+        fusion=sized(ScoreFusion).bind(model=model),
     )

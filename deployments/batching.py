@@ -50,7 +50,8 @@ class BatchedEncoder:
         return {**self.config.model_dump(), "device": self._core.device.type,
                 "batcher_max_batch_size": self._batcher.max_batch_size,
                 "batcher_wait_timeout_s": self._batcher.batch_wait_timeout_s,
-                "max_ongoing_requests": deployment_config.max_ongoing_requests}
+                "max_ongoing_requests": deployment_config.max_ongoing_requests,
+                "torch_threads": torch.get_num_threads()}
 
     def batch_stats(self) -> dict[str, Any]:
         """This replica's id, and how many forward passes it ran at each batch size (in items)

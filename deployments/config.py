@@ -47,8 +47,9 @@ class SiglipAppArgs(_Strict):
         "AMX is about 3x faster, and moves embeddings by about 1e-3 from the float32 reference "
         "(scores by more, the larger the checkpoint's logit scale).")
     torch_threads: int | None = Field(
-        None, ge=1, description="CPU threads per encoder replica for torch. Default: what Ray "
-        "gives the replica (OMP_NUM_THREADS, from its num_cpus: 1 for the default 0.5).")
+        None, ge=1, description="CPU threads per encoder replica for torch. Default: sized with "
+        "the replicas (below, Sizing): on CPUs alone the cores shared among the encoder replicas; "
+        "with GPUs what Ray gives the replica (OMP_NUM_THREADS, from its num_cpus).")
     request_timeout_s: float = Field(
         60, gt=0, description="A request still unanswered after this long gets a 504. Keep it "
         "below http_options.request_timeout_s, whose 408 is not in OpenAI's error shape.")

@@ -22,6 +22,7 @@ from pydantic.fields import FieldInfo
 from deployments.config import SiglipAppArgs, TextEncoderConfig, VisionEncoderConfig
 from deployments.core.checkpoint import MODEL_ENV_VAR
 from deployments.gate import API_KEY_DIGESTS_ENV_VAR, API_KEYS_ENV_VAR, API_KEYS_FILE_ENV_VAR
+from deployments.sizing import CPU_SHARE, MAX_CPU_ENCODER_REPLICAS, STAGES, Cluster, size_graph
 
 REPO = Path(__file__).resolve().parent.parent
 SERVE_CONFIG = REPO / "serve_config.yaml"
@@ -113,15 +114,39 @@ def _deployment_sections(app: dict) -> list[str]:
     return lines
 
 
-def _code_actor_options() -> list[str]:
-    from deployments.ingress import Ingress
-    from deployments.preprocessor import ImagePreprocessor
-    from deployments.score_fusion import ScoreFusion
-    from deployments.text_encoder import TextEncoder
-    from deployments.vision_encoder import VisionEncoder
+# Clusters as Ray reports them (its `memory` resource is about 70% of the free RAM), serving
+# so400m (3.5 GB of float32 weights), for the sizing examples.
+EXAMPLE_CLUSTERS = {
+    "2 CPUs, 11 GiB (a laptop)": Cluster(cpus=2, gpus=0, memory_bytes=11 * 2**30),
+    "16 CPUs, 11 GiB": Cluster(cpus=16, gpus=0, memory_bytes=11 * 2**30),
+    "16 CPUs, 90 GiB": Cluster(cpus=16, gpus=0, memory_bytes=90 * 2**30),
+    "GPUs (`encoder_gpus` 1)": Cluster(cpus=64, gpus=4, memory_bytes=400 * 2**30),
+}
+SO400M_BYTES = 3_511_000_000
 
-    return [f"- {stage.name}: `ray_actor_options: {json.dumps(stage.ray_actor_options)}`"
-            for stage in (Ingress, ImagePreprocessor, VisionEncoder, TextEncoder, ScoreFusion)]
+
+def _replicas(options: dict) -> str:
+    if "num_replicas" in options:
+        count = f"{options['num_replicas']}"
+    else:
+        scaling = options["autoscaling_config"]
+        count = (f"{scaling['min_replicas']}-{scaling['max_replicas']}, target "
+                 f"{scaling['target_ongoing_requests']}")
+    actor = options["ray_actor_options"]
+    gpus = f" + {actor['num_gpus']:g} GPU" if actor["num_gpus"] else ""
+    cap = f"; at most {options['max_ongoing_requests']} at once" if "max_ongoing_requests" in options else ""
+    return f"{count} × {actor['num_cpus']:g} CPU{gpus}{cap}"
+
+
+def _sizing_section() -> list[str]:
+    sizings = {name: size_graph(cluster, 1.0 if cluster.gpus else 0.0, SO400M_BYTES)
+               for name, cluster in EXAMPLE_CLUSTERS.items()}
+    lines = ["| stage | " + " | ".join(sizings) + " |", "|---|" + "---|" * len(sizings)]
+    for stage in STAGES:
+        lines.append(f"| {stage} | " + " | ".join(_replicas(s.stages[stage]) for s in sizings.values()) + " |")
+    lines.append("| torch threads per encoder replica | "
+                 + " | ".join(str(s.torch_threads or "Ray's") for s in sizings.values()) + " |")
+    return lines
 
 
 def render() -> str:
@@ -153,14 +178,29 @@ def render() -> str:
         "",
         *_settings_table(SiglipAppArgs),
         "",
+        "## Sizing",
+        "",
+        "Replica counts, autoscaling and what each replica asks Ray for depend on the machine,",
+        "so serve_config.yaml leaves them out: the app builder decides them from the cluster it",
+        "deploys on (`deployments/sizing.py`). With GPUs (`encoder_gpus` above 0) every stage",
+        "autoscales. On CPUs alone the counts are fixed: one single-thread encoder replica per",
+        f"core up to {MAX_CPU_ENCODER_REPLICAS}, then more threads each, and fewer replicas where the weights",
+        f"would not fit in Ray's memory; requests for {CPU_SHARE:.0%} of the CPUs in all; and the Ingress",
+        "working on enough requests at once to fill each vision replica's batch, the rest",
+        "waiting in order. For example, serving so400m:",
+        "",
+        *_sizing_section(),
+        "",
+        "Replicas: a count, or autoscaling's range and `target_ongoing_requests`; × the CPUs",
+        "(and GPUs) each asks for. Any of these set for a stage under `deployments:` wins, as",
+        "Ray gives the file precedence: `num_replicas` (with `autoscaling_config: null` on GPUs),",
+        "`autoscaling_config`, `max_ongoing_requests`, `ray_actor_options` (which replaces the",
+        "whole dict, so for an encoder include `num_gpus`). Serve's controller log shows the",
+        "sizing chosen.",
+        "",
         "## Stages (`deployments:`)",
         "",
-        "The values serve_config.yaml ships. Each stage also asks Ray for resources in code,",
-        "small enough that all five fit on 2 cores; the encoders get `num_gpus` from",
-        "`encoder_gpus`. `ray_actor_options` in the file replaces that whole dict, so for an",
-        "encoder include `num_gpus` too.",
-        "",
-        *_code_actor_options(),
+        "The values serve_config.yaml ships, which do not depend on the machine.",
         *_deployment_sections(app),
     ]
     return "\n".join(lines) + "\n"

@@ -54,7 +54,7 @@ def _to_wire(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     return vector.tolist()
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.1})
+@serve.deployment
 # No app yet: Serve calls __serve_build_asgi_app__ once the constructor has run.
 @serve.ingress()
 class Ingress:

@@ -19,7 +19,7 @@ from deployments.core.resize import BandedResizer
 from deployments.metrics import StageMetrics
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5})
+@serve.deployment
 class ImagePreprocessor:
     def __init__(self, model: str, limits: ImageLimits, jpeg_draft: bool, url_policy: ImageUrlPolicy):
         self._settings = ImageSettings.from_pretrained(model)

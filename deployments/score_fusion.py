@@ -10,7 +10,7 @@ from deployments.core.embeddings import Embeddings
 from deployments.metrics import StageMetrics
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.1})
+@serve.deployment
 class ScoreFusion:
     def __init__(self, model: str):
         self._params = LogitParams.from_pretrained(model)

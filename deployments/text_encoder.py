@@ -15,7 +15,7 @@ from deployments.core.single_flight import SingleFlight
 from deployments.metrics import TextCacheMetrics
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5})
+@serve.deployment
 class TextEncoder(BatchedEncoder):
     """`encode(texts)`: list of strings -> Embeddings."""
 

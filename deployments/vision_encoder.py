@@ -10,7 +10,7 @@ from deployments.config import VisionEncoderConfig
 from deployments.core.encoders import VisionEncoderCore
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5})
+@serve.deployment
 class VisionEncoder(BatchedEncoder):
     """`encode(pixels)`: (n, h, w, 3) uint8 from the preprocessor -> Embeddings."""
 

@@ -64,8 +64,9 @@ def serve_url(tiny_checkpoint, serve_config, metrics_port):
     # tests shorten that, and so do we (tests/test_autoscaling.py waits on it).
     os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.2")
     os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.2")
-    # Logical CPUs: room for the app copies that some modules deploy beside this one, after
-    # the session app's own stages have autoscaled under the earlier modules' load.
-    with serve_locally(serve_config, tiny_checkpoint, num_cpus=8, metrics_export_port=metrics_port) as url:
+    # The CPUs of the project's CI machine, which `serve run` gives Ray there: the app sizes
+    # itself to them (deployments/sizing.py). Copies deployed beside it ask for none
+    # (tests/support/apps.py).
+    with serve_locally(serve_config, tiny_checkpoint, num_cpus=2, metrics_export_port=metrics_port) as url:
         yield url
 

@@ -14,6 +14,9 @@ import openai
 import pytest
 from ray import serve
 
+from deployments.core.checkpoint import weights_bytes
+from deployments.sizing import Cluster, size_graph
+from deployments.testing.local_cluster import ask_each_replica
 from tests.support.apps import USER_CONFIG_MODELS, assert_openai_error
 from tests.support.photos import camera_sized_jpeg, data_uri, photos
 
@@ -121,15 +124,23 @@ def test_classify_template_and_top_k(client, reference):
         np.testing.assert_allclose([p["score"] for p in item["predictions"]], row[best], rtol=0, atol=ATOL)
 
 
+def _text_encoder_cache_stats() -> dict[str, int]:
+    """The TextEncoder caches' counts, over all its replicas."""
+    totals: dict[str, int] = {}
+    for stats in ask_each_replica(APP, "TextEncoder", lambda encoder: encoder.cache_stats()):
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0) + value
+    return totals
+
+
 def test_repeated_labels_come_from_the_ingress_cache_and_never_reach_the_text_encoder(client, reference):
-    text_encoder = serve.get_deployment_handle("TextEncoder", APP)
     labels = ["a label only this test uses", "and its sibling"]
     request = {"input": URIS[:1], "labels": labels}
-    before = text_encoder.cache_stats.remote().result()
+    before = _text_encoder_cache_stats()
     first = client.post("/v1/classify", json=request).json()
-    between = text_encoder.cache_stats.remote().result()
+    between = _text_encoder_cache_stats()
     again = client.post("/v1/classify", json=request).json()
-    assert text_encoder.cache_stats.remote().result() == between
+    assert _text_encoder_cache_stats() == between
     assert between["misses"] - before["misses"] == 2
     assert (again["data"], again["usage"]) == (first["data"], first["usage"])
     expected = reference.scores(RAWS[:1], [TEMPLATE.format(label) for label in labels])[0]
@@ -284,6 +295,26 @@ def test_configured_batching_reaches_the_replicas(serve_url, serve_config, name)
     assert effective["batcher_max_batch_size"] == batching.max_batch_size_on(effective["device"])
     assert effective["batcher_wait_timeout_s"] == configured["user_config"]["batch_wait_timeout_s"]
     assert effective["max_ongoing_requests"] == configured["max_ongoing_requests"]
+
+
+def test_the_graph_runs_as_sized_for_the_session_clusters_cpus(serve_url, tiny_checkpoint):
+    """serve_config.yaml unedited on a CPU-only cluster: fixed counts, CPU requests, threads and
+    batch limits as deployments/sizing.py decides them for this cluster."""
+    from ray.serve.context import _get_global_client
+
+    sizing = size_graph(Cluster.current(), 0, weights_bytes(tiny_checkpoint))
+    running = _get_global_client().get_serve_details()["applications"][APP]["deployments"]
+    for name, options in sizing.stages.items():
+        deployed = running[name]["deployment_config"]
+        assert deployed["num_replicas"] == options["num_replicas"] and not deployed.get("autoscaling_config")
+        assert deployed["ray_actor_options"]["num_cpus"] == options["ray_actor_options"]["num_cpus"]
+        assert running[name]["replicas"] and len(running[name]["replicas"]) == options["num_replicas"]
+    assert running["Ingress"]["deployment_config"]["max_ongoing_requests"] == \
+        sizing.stages["Ingress"]["max_ongoing_requests"]
+    for name in ("VisionEncoder", "TextEncoder"):
+        for effective in ask_each_replica(APP, name, lambda encoder: encoder.effective_config()):
+            assert effective["torch_threads"] == sizing.torch_threads
+            assert effective["batcher_max_batch_size"] == USER_CONFIG_MODELS[name]().max_batch_size_on("cpu")
 
 
 def test_a_request_larger_than_max_batch_size_is_split_and_reassembled(client, reference, serve_config):

@@ -5,8 +5,6 @@ silently when unknown."""
 
 from __future__ import annotations
 
-import argparse
-import copy
 import json
 import os
 import subprocess
@@ -20,7 +18,6 @@ from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
 import deployments.app as app_module
-from benchmarks.serving import add_graph_arguments, configure_graph
 from deployments.config import SiglipAppArgs, TextEncoderConfig, VisionEncoderConfig
 from deployments.testing.local_cluster import QUIET_CONTROL_PLANE
 from tests.support.apps import USER_CONFIG_MODELS
@@ -72,9 +69,8 @@ def test_the_key_check_catches_misspelled_and_renamed_keys(serve_config):
     broken = {**serve_config, "applications": [dict(serve_config["applications"][0])]}
     deployments = [dict(d) for d in broken["applications"][0]["deployments"]]
     deployments[0]["max_concurrent_queries"] = 100  # the pre-2.10 name, silently ignored by Ray
-    deployments[2] = {**deployments[2], "autoscaling_config": {
-        **deployments[2]["autoscaling_config"], "target_num_ongoing_requests_per_replica": 4}}
-    deployments[3] = {**deployments[3], "user_config": {"max_batchsize": 8}}
+    deployments[1] = {**deployments[1], "autoscaling_config": {"target_num_ongoing_requests_per_replica": 4}}
+    deployments[2] = {**deployments[2], "user_config": {"max_batchsize": 8}}
     broken["applications"][0]["deployments"] = deployments
     ServeDeploySchema.model_validate(broken)  # Ray itself accepts all three...
     found = unknown_keys(broken, ServeDeploySchema)
@@ -105,42 +101,33 @@ def test_auto_batch_size_is_smaller_on_a_cpu_and_a_number_wins_everywhere(config
         config_model.model_validate({"max_batch_size": "big"})
 
 
-def test_the_benchmarks_cpu_graph_starts_a_full_vision_batch_per_replica_at_once(serve_config):
-    """On a CPU machine the Ingress starts as many requests at once as the vision replicas
-    batch, and the rest wait their turn (docs/operations.md, "On one machine")."""
-    config = copy.deepcopy(serve_config)
-    parser = argparse.ArgumentParser()
-    add_graph_arguments(parser)
-    args = parser.parse_args(["--device", "cpu", "--encoder-replicas", "3"])
-    configure_graph(config, args)
-    ServeDeploySchema.model_validate(config)
-    deployments = _deployment_configs(config)
-    assert deployments["Ingress"]["max_ongoing_requests"] == 3 * VisionEncoderConfig().max_batch_size_on("cpu")
-    assert deployments["VisionEncoder"]["num_replicas"] == 3
-    assert "autoscaling_config" not in deployments["Ingress"]
-
-
 def _built(args: SiglipAppArgs):
     return {d.name: d for d in build_deployments(app_module.build_app(args), name="siglip").deployments}
 
 
-def test_all_five_stages_fit_on_two_cores(serve_config):
-    args = SiglipAppArgs.model_validate({**serve_config["applications"][0]["args"], "encoder_gpus": 0})
-    built = _built(args)
+def _cluster(monkeypatch, **resources: float) -> None:
+    monkeypatch.setattr(app_module.ray, "cluster_resources", lambda: resources)
+
+
+def test_on_two_cores_the_graph_fits_and_the_encoders_do_not_autoscale(serve_config, monkeypatch):
+    _cluster(monkeypatch, CPU=2.0, memory=8 * 2**30)
+    built = _built(SiglipAppArgs.model_validate(serve_config["applications"][0]["args"]))
     assert set(built) == {"Ingress", "ImagePreprocessor", "VisionEncoder", "TextEncoder", "ScoreFusion"}
-    assert sum(d.ray_actor_options["num_cpus"] for d in built.values()) <= 2
+    assert sum(d.ray_actor_options["num_cpus"] * d.num_replicas for d in built.values()) <= 2
+    assert all(d._deployment_config.autoscaling_config is None for d in built.values())
+    assert built["VisionEncoder"].num_replicas == built["TextEncoder"].num_replicas == 2
 
 
 def test_encoders_ask_for_a_gpu_only_when_the_cluster_has_one(monkeypatch):
     def gpus_per_stage(args: SiglipAppArgs) -> dict[str, float]:
         return {name: d.ray_actor_options.get("num_gpus", 0) for name, d in _built(args).items()}
 
-    monkeypatch.setattr(app_module.ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
+    _cluster(monkeypatch, CPU=16.0, GPU=2.0)
     with_gpus = gpus_per_stage(SiglipAppArgs())
     assert with_gpus["VisionEncoder"] == with_gpus["TextEncoder"] == 1
     assert with_gpus["ImagePreprocessor"] == with_gpus["Ingress"] == with_gpus["ScoreFusion"] == 0
 
-    monkeypatch.setattr(app_module.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    _cluster(monkeypatch, CPU=2.0)
     assert gpus_per_stage(SiglipAppArgs())["VisionEncoder"] == 0
     # An autoscaling cluster may start with no GPU node: an explicit value wins.
     assert gpus_per_stage(SiglipAppArgs(encoder_gpus=0.5))["TextEncoder"] == 0.5
@@ -151,22 +138,6 @@ def test_app_args_reject_unknown_keys():
         SiglipAppArgs.model_validate({"modle": "x"})
     with pytest.raises(ValueError):
         TextEncoderConfig.model_validate({"cache_sizes": 1})
-
-
-def test_every_deployment_autoscales_with_explicit_delays(serve_config):
-    for deployment in serve_config["applications"][0]["deployments"]:
-        autoscaling = AutoscalingConfig.model_validate(deployment["autoscaling_config"])
-        fields = deployment["autoscaling_config"]
-        assert {"upscale_delay_s", "downscale_delay_s", "target_ongoing_requests"} <= set(fields), deployment["name"]
-        assert autoscaling.upscale_delay_s < autoscaling.downscale_delay_s
-        assert autoscaling.target_ongoing_requests <= deployment["max_ongoing_requests"]
-
-
-@pytest.mark.parametrize("name", sorted(USER_CONFIG_MODELS))
-def test_encoders_scale_when_a_full_batch_waits_on_a_gpu(serve_config, name):
-    deployment = _deployment_configs(serve_config)[name]
-    batching = USER_CONFIG_MODELS[name].model_validate(deployment["user_config"])
-    assert deployment["autoscaling_config"]["target_ongoing_requests"] == batching.max_batch_size_on("cuda")
 
 
 def read_in_a_fresh_process(env: dict[str, str], expressions: list[str]) -> list:

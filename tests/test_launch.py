@@ -107,7 +107,7 @@ def test_serve_run_that_starts_ray_passes_the_variables(tiny_checkpoint, tmp_pat
 
 # Holds a local Ray cluster until killed, as `ray start --head` would, without `ray stop`
 # (which stops every Ray cluster on the machine).
-HOLD_CLUSTER = ("import ray, sys, time; ray.init(num_cpus=4, include_dashboard=False); "
+HOLD_CLUSTER = ("import ray, sys, time; ray.init(address=\"local\", num_cpus=4, include_dashboard=False); "
                 "print(ray.get_runtime_context().gcs_address, flush=True); time.sleep(3600)")
 DEPLOYED_CONFIG = ("import json, ray; ray.init(); from ray.serve.context import _connect; "
                    "print(json.dumps(_connect().get_serve_details()))")

@@ -1,12 +1,13 @@
 """On a multi-node cluster the encoders land on GPU nodes, images cross nodes between the
-preprocessor and the encoders unharmed, and an encoder handed a GPU that torch cannot use runs
-on the CPU and says so."""
+preprocessor and the encoders unharmed, an encoder handed a GPU that torch cannot use runs on
+the CPU and says so, and serve_config.yaml unedited gets the sizing for GPUs."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.support.apps import run_check_script
+from deployments.sizing import Cluster, size_graph
+from tests.support.apps import USER_CONFIG_MODELS, run_check_script
 
 
 @pytest.mark.own_cluster
@@ -19,3 +20,17 @@ def test_encoders_sit_on_gpu_nodes_and_cross_node_requests_are_correct(tiny_chec
     assert report["nodes"]["ImagePreprocessor"] == [report["head"]]  # so every image crossed nodes
     assert report["max_abs_diff"] < 1e-5
     assert report["cpu_fallback_log_files"] >= 1  # "Ray assigned GPU ids ... cannot use CUDA"
+
+    # serve_config.yaml unedited (where the check does not pin a stage) is sized for GPUs.
+    sizing = size_graph(Cluster(cpus=6, gpus=4, memory_bytes=0), 1.0, None)
+    for stage in ("Ingress", "ScoreFusion"):
+        deployed = report["deployed"][stage]
+        assert deployed["autoscaling_config"] is not None
+        for key, value in sizing.stages[stage]["autoscaling_config"].items():
+            assert deployed["autoscaling_config"][key] == value, (stage, key)
+        assert deployed["ray_actor_options"]["num_cpus"] == sizing.stages[stage]["ray_actor_options"]["num_cpus"]
+    assert report["deployed"]["Ingress"]["max_ongoing_requests"] == sizing.stages["Ingress"]["max_ongoing_requests"]
+    for encoder in ("VisionEncoder", "TextEncoder"):
+        assert report["deployed"][encoder]["ray_actor_options"]["num_gpus"] == 1
+        # A fake GPU that torch cannot use: the replicas run on the CPU, with the CPU's batches.
+        assert report["batch_limits"][encoder] == [USER_CONFIG_MODELS[encoder]().max_batch_size_on("cpu")]

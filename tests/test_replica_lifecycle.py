@@ -30,7 +30,7 @@ def _faulty(app: dict) -> None:
     app["import_path"] = "tests.support.fault_injection:build_faulty_app"
     app["args"]["stage_retries"] = 0
     for deployment in app["deployments"]:
-        deployment.pop("autoscaling_config")
+        deployment.pop("autoscaling_config", None)
         deployment["num_replicas"] = 1
     vision = deployment_config(app, "VisionEncoder")
     vision.update(num_replicas=2, health_check_period_s=1, graceful_shutdown_wait_loop_s=0.5)

@@ -51,6 +51,22 @@ def checkpoint_file(model: str, filename: str, missing_ok: bool = False) -> str 
         raise FileNotFoundError(_not_on_the_hub(model, filename)) from error
 
 
+def weights_bytes(model: str) -> int | None:
+    """The size of the checkpoint's weight files, without downloading any: None for a hub id
+    whose weights are not in the local cache."""
+    if os.path.isdir(model):
+        return sum(entry.stat().st_size for entry in os.scandir(model)
+                   if entry.name.endswith((".safetensors", ".bin"))) or None
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        path = try_to_load_from_cache(model, "model.safetensors")
+    except HFValidationError:  # neither a folder nor a hub id: the stages say so when loading
+        return None
+    return os.path.getsize(path) if isinstance(path, str) else None
+
+
 def _not_on_the_hub(model: str, filename: str) -> str:
     return (f"{filename} of {model}: no local folder by that name, and the hub has no such "
             f"file or cannot be reached, nor is it cached. {MODEL_REMEDY}")

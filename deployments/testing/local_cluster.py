@@ -55,7 +55,9 @@ def serve_locally(config: dict, model: str, num_cpus: int | None = None,
     # Reporting every second (Ray's default: 10 s) costs CPU in every process, so only when
     # metrics are asked for.
     reporting = {"metrics_report_interval_ms": 1000} if metrics_export_port else {}
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+    # "local": a new cluster, never one named by a stale /tmp/ray/ray_current_cluster that a
+    # crashed `ray start` or multi-node test left behind.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              _metrics_export_port=metrics_export_port, _system_config=reporting)
     try:
         client = serve_api.serve_start(http_options=config.http_options.model_dump(),

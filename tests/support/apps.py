@@ -13,18 +13,36 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from deployments.config import TextEncoderConfig, VisionEncoderConfig
+from deployments.sizing import STAGES
 
 # The model that reads each encoder deployment's user_config.
 USER_CONFIG_MODELS = {"VisionEncoder": VisionEncoderConfig, "TextEncoder": TextEncoderConfig}
 
 
+def _asking_for_no_cpu(app: dict) -> dict:
+    """A copy of the app whose stages ask Ray for no CPU: the session's app was sized to the
+    session cluster's CPUs (deployments/sizing.py), and a copy beside it would not fit."""
+    app = copy.deepcopy(app)
+    listed = {deployment["name"]: deployment for deployment in app.setdefault("deployments", [])}
+    if not listed.keys() & set(STAGES):
+        return app  # not a copy of the graph (a probe app of the routing tests)
+    for stage in STAGES:
+        if stage not in listed:
+            app["deployments"].append(listed.setdefault(stage, {"name": stage}))
+        listed[stage].setdefault("ray_actor_options", {"num_cpus": 0})
+    return app
+
+
 def _deploy(applications: list[dict], wait: bool = True) -> None:
+    """The session's app (the first) and copies beside it."""
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
     from deployments.testing.local_cluster import deploy_and_wait
 
-    config = ServeDeploySchema.model_validate({"applications": applications})
+    session_app, *copies = applications
+    config = ServeDeploySchema.model_validate(
+        {"applications": [session_app, *map(_asking_for_no_cpu, copies)]})
     if wait:
         deploy_and_wait(_get_global_client(), config)
     else:

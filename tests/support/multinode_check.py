@@ -72,11 +72,22 @@ def main(checkpoint: str) -> None:
         expected = reference.scores(raws, ["This is a photo of a.", "This is a photo of b."])
         max_diffs.append(float(np.abs(scores - expected).max()))
 
+    from ray.serve.context import _get_global_client
+    from deployments.testing.local_cluster import ask_each_replica
+
+    running = _get_global_client().get_serve_details()["applications"][app["name"]]["deployments"]
+    deployed = {name: {key: details["deployment_config"].get(key)
+                       for key in ("num_replicas", "autoscaling_config", "max_ongoing_requests", "ray_actor_options")}
+                for name, details in running.items()}
+    batch_limits = {name: sorted({c["batcher_max_batch_size"] for c in ask_each_replica(
+        app["name"], name, lambda encoder: encoder.effective_config())}) for name in ("VisionEncoder", "TextEncoder")}
+
     session_logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
     cpu_fallback_lines = sum("cannot use CUDA" in path.read_text(errors="ignore")
                              for path in session_logs.rglob("*") if path.is_file())
     print(json.dumps({"gpu_nodes": sorted(gpu_nodes), "head": cluster.head_node.node_id, "nodes": nodes,
-                      "max_abs_diff": max(max_diffs), "cpu_fallback_log_files": cpu_fallback_lines}))
+                      "max_abs_diff": max(max_diffs), "cpu_fallback_log_files": cpu_fallback_lines,
+                      "deployed": deployed, "batch_limits": batch_limits}, default=str))
     serve.shutdown()
     ray.shutdown()
     cluster.shutdown()

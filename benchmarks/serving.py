@@ -26,7 +26,6 @@ import dataclasses
 import io
 import itertools
 import json
-import math
 import os
 import platform
 import subprocess
@@ -50,7 +49,6 @@ from benchmarks.load import closed_loop, open_loop
 from deployments.config import TextEncoderConfig, VisionEncoderConfig
 from deployments.core.checkpoint import ImageSettings, LogitParams
 from deployments.core.encoders import TextEncoderCore, VisionEncoderCore
-from deployments.core.loading import resolve_device
 from deployments.core.images import preprocess_references
 from deployments.testing.random_checkpoint import make_checkpoint
 from deployments.core.scoring import pair_scores
@@ -72,7 +70,7 @@ class Workload:
     item: str  # what items_per_s counts: "image" or "text"
     items_per_request: int
     texts_to_encode: int  # fresh texts per request that no cache can serve
-    images_to_encode: int
+    images_to_encode: float  # per request, that no cache can serve
     make_payload: Callable[[int], dict]  # the JSON body of the i-th request, in our API's shape
     # The body in the shape of the server measured (a peer's API, for the same inputs).
     dialect: Callable[[dict], dict] = lambda payload: payload
@@ -96,8 +94,17 @@ def realistic_jpegs() -> list[str]:
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=90)
+        # Padded past the end-of-image marker to whole base64 groups, so that `distinct` can
+        # append to the base64 text.
+        buffer.write(b"\0" * (-buffer.tell() % 3))
         uris.append("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode())
     return uris
+
+
+def distinct(photo: str, n: int) -> str:
+    """The photo with `n` appended past its end-of-image marker: the same pixels, but bytes of
+    its own, so that no image cache serves it unless a workload repeats it on purpose."""
+    return photo + base64.b64encode(n.to_bytes(12, "big", signed=True)).decode()
 
 
 def sentence(seed: int) -> str:
@@ -105,9 +112,15 @@ def sentence(seed: int) -> str:
     return " ".join(rng.choice(WORDS, size=int(rng.integers(5, 12)))) + f" {seed}"
 
 
-def workloads(photos: list[str]) -> list[Workload]:
+def workloads(photos: list[str], repeat_fraction: float = 0.5) -> list[Workload]:
     def photo(i: int) -> str:
-        return photos[i % len(photos)]
+        return distinct(photos[i % len(photos)], i)
+
+    def sometimes_repeated(i: int) -> str:
+        """One of the six photos as sent before, for a `repeat_fraction` of the requests
+        (spread evenly by the golden ratio); else a new one."""
+        repeated = (i * 0.6180339887) % 1 < repeat_fraction
+        return distinct(photos[i % len(photos)], -1 - i % len(photos) if repeated else i)
 
     return [
         Workload("classify", "/v1/classify", "image", 1, 0, 1,
@@ -118,6 +131,8 @@ def workloads(photos: list[str]) -> list[Workload]:
                  lambda i: {"input": [{"image": photo(i)}]}),
         Workload("image_embeddings_8", "/v1/embeddings", "image", 8, 0, 8,
                  lambda i: {"input": [{"image": photo(i + k)} for k in range(8)]}),
+        Workload("image_embeddings_repeated", "/v1/embeddings", "image", 1, 0, 1 - repeat_fraction,
+                 lambda i: {"input": [{"image": sometimes_repeated(i)}]}),
         Workload("text_embeddings_32", "/v1/embeddings", "text", 32, 32, 0,
                  lambda i: {"input": [sentence(i * 32 + k) for k in range(32)]}),
         Workload("rerank_16", "/v1/rerank", "image", 16, 1, 16,
@@ -649,6 +664,9 @@ def main() -> None:
     parser.add_argument("--poisson-fraction", type=float, default=0.7,
                         help="open-loop rate as a fraction of the graph's best closed-loop request "
                              "rate, offered to every system (0 skips it)")
+    parser.add_argument("--repeat-fraction", type=float, default=0.5,
+                        help="the share of image_embeddings_repeated's requests that send an image "
+                             "sent before (the rest are new)")
     parser.add_argument("--gpu-price", type=float, default=2.5, help="USD per GPU-hour, for cost per 1k images")
     add_graph_arguments(parser)
     parser.add_argument("--infinity", type=Path, metavar="VENV",
@@ -678,7 +696,7 @@ def main() -> None:
         return limit
 
     photos = realistic_jpegs()
-    chosen = [w for w in workloads(photos) if not args.workloads or w.name in args.workloads]
+    chosen = [w for w in workloads(photos, args.repeat_fraction) if not args.workloads or w.name in args.workloads]
     limits, rows, sizing = {}, [], {}
     for workload in chosen:
         # A workload at a time: the limit, the graph's points (closed loops, then the open loop

@@ -59,12 +59,15 @@ def build_graph(args: SiglipAppArgs, vision_encoder: Deployment,
         return deployment.options(**sizing.stages[deployment.name], **(SPREADING_OPTIONS if spreading else {}))
 
     return sized(Ingress).bind(
+        model=model,
         served_model_name=args.served_model_name or model,
         policy=RequestPolicy(timeout_s=args.request_timeout_s, retries=args.stage_retries,
                              images_per_call=args.images_per_call,
                              texts_per_call=args.texts_per_call),
         limits=args.limits,
         text_cache_size=args.ingress_text_cache_size,
+        image_cache_size=args.ingress_image_cache_size,
+        jpeg_draft=args.jpeg_draft,
         preprocessor=sized(ImagePreprocessor, spreading=True).bind(
             model=model, limits=args.limits, jpeg_draft=args.jpeg_draft,
             url_policy=args.image_urls),

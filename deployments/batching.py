@@ -48,6 +48,7 @@ class BatchedEncoder:
         """What this replica really runs with, for operators and tests."""
         deployment_config = serve.get_replica_context()._deployment_config
         return {**self.config.model_dump(), "device": self._core.device.type,
+                "dtype": str(self._core.dtype).removeprefix("torch."),
                 "batcher_max_batch_size": self._batcher.max_batch_size,
                 "batcher_wait_timeout_s": self._batcher.batch_wait_timeout_s,
                 "max_ongoing_requests": deployment_config.max_ongoing_requests,

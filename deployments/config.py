@@ -67,6 +67,11 @@ class SiglipAppArgs(_Strict):
         4096, ge=0, description="Text embeddings (label prompts, queries) each Ingress replica "
         "keeps, so that a classify with a known label set never calls the text encoder. About "
         "4.6 KB each for so400m; 0 turns it off. The text encoder's own cache is behind it.")
+    ingress_image_cache_size: int = Field(
+        4096, ge=0, description="Image embeddings each Ingress replica keeps, by the SHA-256 of "
+        "the image as sent inline (data URI or base64), so that an image sent again costs neither "
+        "a decode nor an encode. Images by URL are never kept: what a URL names can change. About "
+        "4.6 KB each for so400m; 0 turns it off.")
     encoder_gpus: Literal["auto"] | Annotated[float, Field(ge=0)] = Field(
         "auto", description="GPUs per encoder replica. auto: 1 when the cluster has GPUs "
         "at deploy time, else 0. Set it explicitly on an autoscaling cluster that starts "

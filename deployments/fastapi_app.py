@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.errors import ApiError, error_response
 from deployments.gate import GateSettings, RequestGate
+from deployments.multipart import FormBodies
 from deployments.protocol import ErrorInfo, ErrorResponse
 
 logger = logging.getLogger("ray.serve")
@@ -30,6 +31,8 @@ def build_fastapi_app(gate: GateSettings) -> FastAPI:
                   description="Zero-shot image classification, image and text embeddings and "
                               "image-text retrieval with SigLIP, in OpenAI-style JSON.",
                   responses=ERROR_RESPONSES)
+    # The gate outside (added last): it bounds the body before a form is parsed.
+    app.add_middleware(FormBodies)
     app.add_middleware(RequestGate, settings=gate)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -19,12 +19,13 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import InputLimits
-from deployments.core.cache import LRUCache, get_or_compute
+from deployments.core.cache import LRUCache, get_or_compute, inline_image_key
 from deployments.core.embeddings import Embeddings
 from deployments.errors import ApiError
 from deployments.fastapi_app import build_fastapi_app
 from deployments.gate import ApiKeys, GateSettings, check_request_size
-from deployments.metrics import TextCacheMetrics
+from deployments.metrics import CacheMetrics
+from deployments.multipart import form_openapi
 from deployments.protocol import (Classification, ClassifyRequest, ClassifyResponse,
                                   EmbeddingData, EmbeddingRequest, EmbeddingResponse, ImageItem,
                                   Item, LabelScore, ModelCard, ModelList, RerankRequest,
@@ -58,9 +59,12 @@ def _to_wire(vector: np.ndarray, encoding_format: str) -> list[float] | str:
 # No app yet: Serve calls __serve_build_asgi_app__ once the constructor has run.
 @serve.ingress()
 class Ingress:
-    def __init__(self, *, served_model_name: str, policy: RequestPolicy, limits: InputLimits,
-                 text_cache_size: int, preprocessor: DeploymentHandle, vision: DeploymentHandle,
-                 text: DeploymentHandle, fusion: DeploymentHandle):
+    def __init__(self, *, model: str, served_model_name: str, policy: RequestPolicy, limits: InputLimits,
+                 text_cache_size: int, image_cache_size: int, jpeg_draft: bool,
+                 preprocessor: DeploymentHandle, vision: DeploymentHandle, text: DeploymentHandle,
+                 fusion: DeploymentHandle):
+        # `model` and `jpeg_draft` change what an embedding is: a change restarts this replica,
+        # and so empties its caches.
         self._model_name = served_model_name
         self._policy = policy
         self._limits = limits
@@ -71,8 +75,12 @@ class Ingress:
             logger.info("%d API key(s) configured: /v1 needs 'Authorization: Bearer <key>'.", len(api_keys))
         self._gate = GateSettings(api_keys, limits.max_body_bytes)
         self._created = int(time.time())
+        self._model_card: dict | None = None  # from the stages, once they answer
         self._text_cache: LRUCache[str, Embeddings] = LRUCache(text_cache_size,
-                                                               TextCacheMetrics().record)
+                                                               CacheMetrics("text").record)
+        self._image_cache: LRUCache[str, Embeddings] = LRUCache(image_cache_size)
+        self._image_cache_metrics = CacheMetrics("image")
+        self._jpeg_draft = jpeg_draft
         self._preprocessor = preprocessor
         self._vision = vision
         self._text = text
@@ -85,14 +93,29 @@ class Ingress:
 
     async def _encode_images(self, attempt: StageAttempt, references: list[str],
                              params: list[str]) -> Embeddings:
-        """Embeddings of the images, in parts of at most `images_per_call`: a request's parts
-        decode and encode in parallel, on as many replicas as there are."""
-        async def encode(part: slice) -> Embeddings:
-            pixels = await attempt.send(self._preprocessor.preprocess, references[part], params[part])
-            return await attempt.send(self._vision.encode, pixels)
+        """Embeddings of the images. Those sent inline before, byte for byte, come from this
+        replica's cache, at neither a decode nor an encode. The others go in parts of at most
+        `images_per_call`: a request's parts decode and encode in parallel, on as many replicas
+        as there are."""
+        keys = [None if key is None else f"jpeg_draft={self._jpeg_draft}:{key}"
+                for key in map(inline_image_key, references)]
+        rows = {i: row for i, key in enumerate(keys) if key is not None
+                and (row := self._image_cache.get(key)) is not None}
+        todo = [i for i in range(len(references)) if i not in rows]
+        self._image_cache_metrics.record(len(rows), sum(keys[i] is not None for i in todo))
+        if todo:
+            async def encode(part: list[int]) -> Embeddings:
+                pixels = await attempt.send(self._preprocessor.preprocess, [references[i] for i in part],
+                                            [params[i] for i in part])
+                return await attempt.send(self._vision.encode, pixels)
 
-        parts = call_parts(len(references), self._policy.images_per_call)
-        return Embeddings.concatenate(await attempt.results([encode(part) for part in parts]))
+            parts = [todo[part] for part in call_parts(len(todo), self._policy.images_per_call)]
+            encoded = Embeddings.concatenate(await attempt.results([encode(part) for part in parts]))
+            for i, row in zip(todo, encoded.rows()):
+                rows[i] = row
+                if keys[i] is not None:
+                    self._image_cache.put(keys[i], row.copy())
+        return Embeddings.concatenate([rows[i] for i in range(len(references))])
 
     async def _encode_texts(self, attempt: StageAttempt, texts: list[str]) -> Embeddings:
         """Embeddings of the texts. Only those this replica has not kept go to the text
@@ -132,6 +155,18 @@ class Ingress:
         return [*((self._preprocessor, self._vision) if images else ()),
                 *((self._text,) if texts else ()), *more]
 
+    async def _card(self) -> ModelCard:
+        """The served model's card: the checkpoint's facts from ScoreFusion, the encoders' dtype
+        and device from the VisionEncoder; asked once per Ingress replica."""
+        if self._model_card is None:
+            async def ask(attempt: StageAttempt):
+                facts, encoder = await attempt.results([attempt.send(self._fusion.model_card),
+                                                        attempt.send(self._vision.effective_config)])
+                return {**facts, "dtype": encoder["dtype"], "device": encoder["device"]}
+
+            [self._model_card] = await self._run(lambda attempt: [ask(attempt)], [self._vision, self._fusion])
+        return ModelCard(id=self._model_name, created=self._created, **self._model_card)
+
     def _check_model(self, requested: str | None) -> None:
         if requested is not None and requested != self._model_name:
             raise ApiError(404, f"The model '{requested}' does not exist; this server serves "
@@ -145,9 +180,11 @@ class Ingress:
         app.get("/health")(self.health)
         app.get("/health/live")(self.live)
         app.get("/v1/models")(self.models)
-        app.post("/v1/embeddings")(self.embeddings)
-        app.post("/v1/classify")(self.classify)
-        app.post("/v1/rerank", response_model_exclude_none=True)(self.rerank)
+        app.get("/v1/models/{model_id:path}")(self.model)
+        app.post("/v1/embeddings", openapi_extra=form_openapi("/v1/embeddings"))(self.embeddings)
+        app.post("/v1/classify", openapi_extra=form_openapi("/v1/classify"))(self.classify)
+        app.post("/v1/rerank", response_model_exclude_none=True,
+                 openapi_extra=form_openapi("/v1/rerank"))(self.rerank)
         return app
 
     async def health(self) -> JSONResponse:
@@ -163,10 +200,21 @@ class Ingress:
         return {"status": "ok"}
 
     async def models(self) -> ModelList:
-        return ModelList(data=[ModelCard(id=self._model_name, created=self._created)])
+        return ModelList(data=[await self._card()])
+
+    async def model(self, model_id: str) -> ModelCard:
+        self._check_model(model_id)
+        return await self._card()
 
     async def embeddings(self, body: EmbeddingRequest) -> EmbeddingResponse:
         self._check_model(body.model)
+        if body.dimensions is not None:
+            size = (await self._card()).embedding_dimensions
+            if body.dimensions != size:
+                raise ApiError(400, f"dimensions is {body.dimensions}, but this model's embeddings "
+                                    f"have {size}: SigLIP was not trained for shortened embeddings, "
+                                    "so they are never cut. Leave dimensions out, or send "
+                                    f"{size}.", param="dimensions", code="invalid_value")
         items = [body.input] if isinstance(body.input, str) else body.input
         is_image = [_image_reference(item) is not None for item in items]
         check_request_size(self._limits, images=sum(is_image),
@@ -185,13 +233,16 @@ class Ingress:
     async def classify(self, body: ClassifyRequest) -> ClassifyResponse:
         self._check_model(body.model)
         references = [item.image if isinstance(item, ImageItem) else item for item in body.input]
-        prompts = [body.hypothesis_template.replace("{}", label) for label in body.labels]
+        templates = body.templates
+        # Label by label, each in every template: a prompt ensemble's rows are consecutive.
+        prompts = [template.replace("{}", label) for label in body.labels for template in templates]
         params = [f"input[{i}]" for i in range(len(references))]
-        check_request_size(self._limits, images=len(references), labels=len(prompts),
-                           texts=[(f"labels[{i}]", prompt) for i, prompt in enumerate(prompts)])
+        check_request_size(self._limits, images=len(references), labels=len(body.labels),
+                           texts=[(f"labels[{i // len(templates)}]", prompt) for i, prompt in enumerate(prompts)])
         async def classify_calls(attempt: StageAttempt):
-            images, labels = await attempt.results([self._encode_images(attempt, references, params),
-                                                    self._encode_texts(attempt, prompts)])
+            images, prompt_vectors = await attempt.results([self._encode_images(attempt, references, params),
+                                                            self._encode_texts(attempt, prompts)])
+            labels = prompt_vectors.group_means(len(templates)) if len(templates) > 1 else prompt_vectors
             return await attempt.send(self._fusion.classify, labels, body.top_k, images)
 
         [(rankings, tokens)] = await self._run(lambda attempt: [classify_calls(attempt)],

@@ -40,12 +40,13 @@ class EncoderMetrics(StageMetrics):
                                      description="Images or texts run through the tower.")
 
 
-class TextCacheMetrics:
-    """Lookups in a text-embedding cache; the deployment tag tells Ingress's from the encoder's."""
+class CacheMetrics:
+    """Lookups in an embedding cache of `kind` ("text" or "image"); the deployment tag tells
+    the Ingress's text cache from the encoder's."""
 
-    def __init__(self) -> None:
-        self._hits = Counter("siglip_text_cache_hits", description="Texts served from the cache.")
-        self._misses = Counter("siglip_text_cache_misses", description="Texts not in the cache.")
+    def __init__(self, kind: str) -> None:
+        self._hits = Counter(f"siglip_{kind}_cache_hits", description=f"{kind.title()}s served from the cache.")
+        self._misses = Counter(f"siglip_{kind}_cache_misses", description=f"{kind.title()}s not in the cache.")
 
     def record(self, hits: int, misses: int) -> None:
         for counter, count in ((self._hits, hits), (self._misses, misses)):

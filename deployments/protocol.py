@@ -1,11 +1,13 @@
 """Request and response bodies of the public HTTP API, mirroring the specs they follow:
-OpenAI (models, embeddings, errors), Jina (classify) and Cohere/Jina (rerank)."""
+OpenAI (models, embeddings, errors, chat content parts), Jina (classify) and Cohere/Jina
+(rerank)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 
 class _Request(BaseModel):
@@ -23,8 +25,40 @@ class ImageItem(_Request):
                        "raw base64 bytes of a JPEG, PNG, WebP, GIF, BMP or TIFF image.")
 
 
+class TextPart(_Request):
+    """A text as a content part of OpenAI's chat API (also vLLM, Cohere v4, Voyage)."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ImageUrl(_Request):
+    url: str = Field(description="An http(s) URL or a data URI.")
+    detail: Literal["auto", "low", "high"] | None = Field(
+        None, description="Accepted as OpenAI clients send it; SigLIP always sees its own "
+        "input size.")
+
+
+class ImageUrlPart(_Request):
+    """An image as a content part of OpenAI's chat API: `image_url` as an object or a bare URL."""
+
+    type: Literal["image_url"]
+    image_url: ImageUrl | str
+
+
+def _plain_item(item):
+    """Content parts become the items they carry, so that nothing past parsing sees parts."""
+    if isinstance(item, TextPart):
+        return TextItem(text=item.text)
+    if isinstance(item, ImageUrlPart):
+        url = item.image_url if isinstance(item.image_url, str) else item.image_url.url
+        return ImageItem(image=url)
+    return item
+
+
 # A bare string is text where texts are expected (embeddings, rerank) and an image in classify.
-Item = Union[str, TextItem, ImageItem]
+Item = Annotated[Union[str, TextItem, ImageItem, TextPart, ImageUrlPart], AfterValidator(_plain_item)]
+ImageInput = Annotated[Union[str, ImageItem, ImageUrlPart], AfterValidator(_plain_item)]
 
 
 # ---- errors (OpenAI) -----------------------------------------------------------------------
@@ -43,10 +77,24 @@ class ErrorResponse(BaseModel):
 # ---- models (OpenAI) -----------------------------------------------------------------------
 
 class ModelCard(BaseModel):
+    """OpenAI's model object, with what a client needs to use the embedding space."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "siglip-serve"
+    embedding_dimensions: int = Field(description="Length of every embedding, image or text.")
+    image_size: int = Field(description="Images are resized to this many pixels square.")
+    patch_size: int
+    max_text_tokens: int = Field(description="Every text is padded or cut to this many tokens.")
+    logit_scale: float = Field(description="As served: score = sigmoid(cos · exp(logit_scale) + "
+                               "logit_bias), each score an independent probability.")
+    logit_bias: float
+    dtype: str = Field(description="The encoders' dtype.")
+    device: str = Field(description="The kind of device the encoders run on: cuda or cpu.")
+    fingerprint: str = Field(description="SHA-256 over the weight files. The same fingerprint "
+                             "and dtype give the same vectors; never mix vectors of different "
+                             "fingerprints in one index.")
 
 
 class ModelList(BaseModel):
@@ -67,11 +115,34 @@ class Usage(BaseModel):
 
 # ---- embeddings (OpenAI) -------------------------------------------------------------------
 
+TOKEN_IDS_MESSAGE = (
+    "input holds token IDs (lists of integers), not texts. Token IDs from another tokenizer mean "
+    "nothing to SigLIP's own: send the texts themselves. LangChain's OpenAIEmbeddings sends OpenAI "
+    "tokenizer IDs unless it is created with check_embedding_ctx_length=False.")
+
+
+def _is_token_ids(value) -> bool:
+    def ids(values) -> bool:
+        return isinstance(values, list) and bool(values) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+    return ids(value) or (isinstance(value, list) and bool(value) and all(map(ids, value)))
+
+
 class EmbeddingRequest(_Request):
     model: str | None = None
     input: str | Annotated[list[Item], Field(min_length=1)]
     encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, description="Accepted when it is the model's "
+                                   "embedding size: SigLIP was not trained for shorter embeddings.")
     user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _not_token_ids(cls, value):
+        if _is_token_ids(value):
+            raise PydanticCustomError("token_ids", TOKEN_IDS_MESSAGE)
+        return value
 
 
 class EmbeddingData(BaseModel):
@@ -92,13 +163,23 @@ class EmbeddingResponse(BaseModel):
 DEFAULT_HYPOTHESIS_TEMPLATE = "This is a photo of {}."
 
 
+Template = Annotated[str, Field(pattern=r"\{\}")]
+
+
 class ClassifyRequest(_Request):
     model: str | None = None
-    input: Annotated[list[Union[str, ImageItem]], Field(min_length=1)]
+    input: Annotated[list[ImageInput], Field(min_length=1)]
     labels: Annotated[list[str], Field(min_length=1)]
-    hypothesis_template: str = Field(DEFAULT_HYPOTHESIS_TEMPLATE, pattern=r"\{\}",
-                                     description="Each label replaces the `{}` in it.")
+    hypothesis_template: Template | Annotated[list[Template], Field(min_length=1)] = Field(
+        DEFAULT_HYPOTHESIS_TEMPLATE, description="Each label replaces the `{}` in it. A list is a "
+        "prompt ensemble: a label's text embedding is the mean of its templates' unit embeddings, "
+        "normalized again.")
     top_k: int | None = Field(None, ge=1, description="Predictions per image; all by default.")
+
+    @property
+    def templates(self) -> list[str]:
+        template = self.hypothesis_template
+        return [template] if isinstance(template, str) else template
 
 
 class LabelScore(BaseModel):

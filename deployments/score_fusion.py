@@ -5,7 +5,7 @@ from __future__ import annotations
 from ray import serve
 
 from deployments.core import scoring
-from deployments.core.checkpoint import LogitParams
+from deployments.core.checkpoint import LogitParams, ModelFacts, weights_fingerprint
 from deployments.core.embeddings import Embeddings
 from deployments.metrics import StageMetrics
 
@@ -15,6 +15,14 @@ class ScoreFusion:
     def __init__(self, model: str):
         self._params = LogitParams.from_pretrained(model)
         self._metrics = StageMetrics()
+        # Once, at start-up: reads a local checkpoint's weights through (seconds for so400m).
+        self._model_card = {**vars(ModelFacts.from_pretrained(model)), **vars(self._params),
+                            "fingerprint": weights_fingerprint(model)}
+
+    def model_card(self) -> dict:
+        """The checkpoint's facts for GET /v1/models: shapes, the scoring scalars as served,
+        and the weights' fingerprint."""
+        return self._model_card
 
     def classify(self, labels: Embeddings, top_k: int | None,
                  images: Embeddings) -> tuple[list[list[scoring.Ranked]], int]:

@@ -12,7 +12,7 @@ from deployments.core.cache import LRUCache
 from deployments.core.embeddings import Embeddings
 from deployments.core.encoders import TextEncoderCore
 from deployments.core.single_flight import SingleFlight
-from deployments.metrics import TextCacheMetrics
+from deployments.metrics import CacheMetrics
 
 
 @serve.deployment
@@ -24,7 +24,7 @@ class TextEncoder(BatchedEncoder):
     def __init__(self, model: str, device: str, dtype: str, torch_threads: int | None):
         super().__init__(TextEncoderCore.from_pretrained(model, device, dtype), torch_threads)
         self._cache: LRUCache[str, Embeddings] = LRUCache(self.config.cache_size,
-                                                          TextCacheMetrics().record)
+                                                          CacheMetrics("text").record)
         # Without this, a new label set sent by many clients at once (or reaching a new replica
         # under load) was encoded once per request, all in the same batch.
         self._in_flight: SingleFlight[str, Embeddings] = SingleFlight(self._encode_and_cache)

@@ -70,3 +70,12 @@ def serve_url(tiny_checkpoint, serve_config, metrics_port):
     with serve_locally(serve_config, tiny_checkpoint, num_cpus=2, metrics_export_port=metrics_port) as url:
         yield url
 
+
+
+@pytest.fixture(scope="session")
+def client(serve_url):
+    """An HTTP client of the session's graph."""
+    import httpx
+
+    with httpx.Client(base_url=serve_url, timeout=120) as http:
+        yield http

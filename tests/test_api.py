@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import numpy as np
 import openai
 import pytest
@@ -17,7 +16,7 @@ from ray import serve
 from deployments.core.checkpoint import weights_bytes
 from deployments.sizing import Cluster, size_graph
 from deployments.testing.local_cluster import ask_each_replica
-from tests.support.apps import USER_CONFIG_MODELS, assert_openai_error
+from tests.support.apps import embedding_vectors, USER_CONFIG_MODELS, assert_openai_error, text_encoder_cache_stats
 from tests.support.photos import camera_sized_jpeg, data_uri, photos
 
 ATOL = 1e-5
@@ -28,16 +27,6 @@ LABELS = ["cat", "rocket", "cup of coffee", "astronaut", "galaxy"]
 TEMPLATE = "This is a photo of {}."
 PROMPTS = [TEMPLATE.format(label) for label in LABELS]
 APP = "siglip"
-
-
-@pytest.fixture(scope="module")
-def client(serve_url):
-    with httpx.Client(base_url=serve_url, timeout=120) as http:
-        yield http
-
-
-def _vectors(body: dict) -> np.ndarray:
-    return np.array([item["embedding"] for item in body["data"]], dtype=np.float32)
 
 
 # ---- models and health ---------------------------------------------------------------------
@@ -60,7 +49,7 @@ def test_embeddings_of_mixed_texts_and_photos_equal_the_reference(client, refere
     texts = ["a photo of a cat", "ANOTHER text, with punctuation!"]
     items = [texts[0], {"image": URIS[0]}, {"text": texts[1]}] + [{"image": uri} for uri in URIS[1:]]
     body = client.post("/v1/embeddings", json={"input": items}).json()
-    vectors = _vectors(body)
+    vectors = embedding_vectors(body)
     assert [item["index"] for item in body["data"]] == list(range(len(items)))
     expected_texts = reference.text_embeddings(texts)
     expected_images = reference.image_embeddings(RAWS)
@@ -74,7 +63,7 @@ def test_a_camera_sized_photo_alone_equals_the_reference(client, reference):
     """Alone in the preprocessor, its resize is split over a helper thread."""
     raw = camera_sized_jpeg()
     body = client.post("/v1/embeddings", json={"input": [{"image": data_uri(raw, "image/jpeg")}]}).json()
-    np.testing.assert_allclose(_vectors(body), reference.image_embeddings([raw]), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(embedding_vectors(body), reference.image_embeddings([raw]), rtol=0, atol=ATOL)
 
 
 def test_embeddings_base64_is_little_endian_float32(client, reference):
@@ -124,23 +113,14 @@ def test_classify_template_and_top_k(client, reference):
         np.testing.assert_allclose([p["score"] for p in item["predictions"]], row[best], rtol=0, atol=ATOL)
 
 
-def _text_encoder_cache_stats() -> dict[str, int]:
-    """The TextEncoder caches' counts, over all its replicas."""
-    totals: dict[str, int] = {}
-    for stats in ask_each_replica(APP, "TextEncoder", lambda encoder: encoder.cache_stats()):
-        for key, value in stats.items():
-            totals[key] = totals.get(key, 0) + value
-    return totals
-
-
 def test_repeated_labels_come_from_the_ingress_cache_and_never_reach_the_text_encoder(client, reference):
     labels = ["a label only this test uses", "and its sibling"]
     request = {"input": URIS[:1], "labels": labels}
-    before = _text_encoder_cache_stats()
+    before = text_encoder_cache_stats(APP)
     first = client.post("/v1/classify", json=request).json()
-    between = _text_encoder_cache_stats()
+    between = text_encoder_cache_stats(APP)
     again = client.post("/v1/classify", json=request).json()
-    assert _text_encoder_cache_stats() == between
+    assert text_encoder_cache_stats(APP) == between
     assert between["misses"] - before["misses"] == 2
     assert (again["data"], again["usage"]) == (first["data"], first["usage"])
     expected = reference.scores(RAWS[:1], [TEMPLATE.format(label) for label in labels])[0]
@@ -207,7 +187,7 @@ def test_texts_spread_over_several_calls_keep_their_places(client, reference, se
     assert len(fresh) > 2 * serve_config["applications"][0]["args"]["texts_per_call"]
     texts = [*fresh, fresh[3], PROMPTS[0]]
     body = client.post("/v1/embeddings", json={"input": texts}).json()
-    np.testing.assert_allclose(_vectors(body), reference.text_embeddings(texts), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(embedding_vectors(body), reference.text_embeddings(texts), rtol=0, atol=ATOL)
 
 
 # ---- errors --------------------------------------------------------------------------------
@@ -268,7 +248,7 @@ def test_concurrent_mixed_requests_each_get_their_own_results(client, reference)
         kind = i % 3
         if kind == 0:
             body = client.post("/v1/embeddings", json={"input": [f"text number {i % 16}", {"image": URIS[photo]}]}).json()
-            vectors = _vectors(body)
+            vectors = embedding_vectors(body)
             np.testing.assert_allclose(vectors[0], text_reference[len(PROMPTS) + i % 16], rtol=0, atol=ATOL)
             np.testing.assert_allclose(vectors[1], image_reference[photo], rtol=0, atol=ATOL)
         elif kind == 1:
@@ -325,4 +305,4 @@ def test_a_request_larger_than_max_batch_size_is_split_and_reassembled(client, r
     assert count <= serve_config["applications"][0]["args"]["limits"]["max_images_per_request"]
     raws = [RAWS[i % len(RAWS)] for i in range(count)]
     body = client.post("/v1/embeddings", json={"input": [{"image": data_uri(raw)} for raw in raws]}).json()
-    np.testing.assert_allclose(_vectors(body), reference.image_embeddings(raws), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(embedding_vectors(body), reference.image_embeddings(raws), rtol=0, atol=ATOL)

@@ -33,6 +33,7 @@ URIS = [data_uri(raw) for raw in RAWS]
 
 
 def _tighten(app: dict) -> None:
+    app["args"]["ingress_image_cache_size"] = 0  # every image to the encoders: they are watched
     app["import_path"] = "tests.support.fault_injection:build_slow_app"
     for deployment in app["deployments"]:
         # Only the encoders may grow: the test watches them alone.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+
 import asyncio
 
 import pytest
 
-from deployments.core.cache import LRUCache, get_or_compute
+from deployments.core.cache import inline_image_key, LRUCache, get_or_compute
 
 
 def test_the_least_recently_used_entry_goes_first():
@@ -44,3 +46,15 @@ def test_a_cache_of_capacity_zero_computes_every_time():
     for _ in range(2):
         assert asyncio.run(get_or_compute(cache, ["cat"], compute)) == ["CAT"]
     assert compute.calls == [["cat"], ["cat"]]
+
+
+def test_inline_images_are_keyed_by_their_bytes_and_urls_never():
+    payload = base64.b64encode(b"\xff\xd8 some jpeg bytes").decode()
+    key = inline_image_key(payload)
+    assert inline_image_key(f"data:image/jpeg;base64,{payload}") == key
+    assert inline_image_key(f"data:image/png;base64,{payload[:8]}\n{payload[8:]}") == key
+    assert inline_image_key(base64.b64encode(b"\xff\xd8 other bytes").decode()) != key
+    assert inline_image_key("https://example.com/cat.jpg") is None
+    assert inline_image_key("http://example.com/cat.jpg") is None
+    # Refused by the preprocessor every time, so never answered from the cache instead.
+    assert inline_image_key(f"data:image/jpeg,{payload}") is None

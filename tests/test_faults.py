@@ -14,11 +14,10 @@ import ray
 
 from deployments.testing.local_cluster import replica_actors
 from tests.support.apps import wait_until_running
-from tests.support.photos import data_uri, photos
+from tests.support.photos import data_uri, distinct, photos
 
 APP = "siglip"
 RAWS = [raw for _, raw in photos()[:6]]
-URIS = [data_uri(raw) for raw in RAWS]
 LABELS = ["cat", "rocket", "cup of coffee"]
 PROMPTS = [f"This is a photo of {label}." for label in LABELS]
 
@@ -36,7 +35,9 @@ def test_killing_encoder_replicas_mid_stream_loses_no_request(serve_url, referen
         try:
             with httpx.Client(base_url=serve_url, timeout=120) as client:
                 if i % 2:
-                    body = client.post("/v1/classify", json={"input": [URIS[photo]], "labels": LABELS})
+                    # An image not sent before: the image cache cannot hide a dead encoder.
+                    uri = data_uri(distinct(RAWS[photo], i))
+                    body = client.post("/v1/classify", json={"input": [uri], "labels": LABELS})
                     body.raise_for_status()
                     got = {p["label"]: p["score"] for p in body.json()["data"][0]["predictions"]}
                     np.testing.assert_allclose([got[label] for label in LABELS], scores[photo], rtol=0, atol=1e-5)

@@ -192,12 +192,6 @@ def _assert_still_serving(client: httpx.Client, reference) -> None:
                                rtol=0, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def client(serve_url):
-    with httpx.Client(base_url=serve_url, timeout=60) as http:
-        yield http
-
-
 def _assert_4xx_or_ok(response: httpx.Response) -> None:
     TRIED["requests"] += 1
     TRIED["5xx"] += response.status_code >= 500

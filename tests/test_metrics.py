@@ -29,7 +29,7 @@ def _scrape_until(port: int, patterns: list[str], timeout_s: float = 60) -> str:
 
 def test_stage_batch_cache_and_error_metrics_are_exported(serve_url, metrics_port):
     with httpx.Client(base_url=serve_url, timeout=60) as client:
-        for _ in range(2):  # the second time, both labels come from the cache
+        for _ in range(2):  # the second time, the image and both labels come from the caches
             assert client.post("/v1/classify", json={"input": [URI], "labels": ["a", "b"]}).status_code == 200
         assert client.post("/v1/rerank", json={"query": "a", "documents": ["b"]}).status_code == 200
         assert client.post("/v1/classify", json={"input": ["%%%"], "labels": ["a"]}).status_code == 400
@@ -40,5 +40,7 @@ def test_stage_batch_cache_and_error_metrics_are_exported(serve_url, metrics_por
         r'ray_siglip_items_encoded(_total)?\{[^}]*deployment="TextEncoder"',
         r'ray_siglip_text_cache_hits(_total)?\{[^}]*\} [1-9]',
         r'ray_siglip_text_cache_misses(_total)?\{',
+        r'ray_siglip_image_cache_hits(_total)?\{[^}]*\} [1-9]',
+        r'ray_siglip_image_cache_misses(_total)?\{',
         r'ray_siglip_request_errors(_total)?\{[^}]*type="invalid_request_error"[^}]*\} [1-9]',
     ])

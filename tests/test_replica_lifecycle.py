@@ -27,6 +27,7 @@ URIS = [data_uri(raw) for raw in RAWS]
 
 
 def _faulty(app: dict) -> None:
+    app["args"]["ingress_image_cache_size"] = 0  # every image to the encoders: they are watched
     app["import_path"] = "tests.support.fault_injection:build_faulty_app"
     app["args"]["stage_retries"] = 0
     for deployment in app["deployments"]:

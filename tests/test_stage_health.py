@@ -8,7 +8,6 @@ import asyncio
 import json
 import shutil
 import time
-from pathlib import Path
 
 import httpx
 import pytest

@@ -1,7 +1,10 @@
 """A bounded least-recently-used map. Text embeddings are kept in them, by each Ingress replica
-and by the text encoder, because classification sends the same label prompts over and over."""
+and by the text encoder, because classification sends the same label prompts over and over;
+image embeddings by each Ingress replica, because indexing jobs send the same images again."""
 
 from __future__ import annotations
+
+import hashlib
 
 from collections import OrderedDict
 from typing import Awaitable, Callable, Generic, Hashable, Iterable, Sequence, TypeVar
@@ -62,3 +65,17 @@ async def get_or_compute(cache: LRUCache[K, V], keys: Sequence[K],
             cache.put(key, value)
             found[key] = value
     return [found[key] for key in keys]
+
+
+def inline_image_key(reference: str) -> str | None:
+    """A key for an image sent inline (data URI or base64): the SHA-256 of its base64 text,
+    without the data URI's header or line breaks. Equal keys mean equal bytes. None for a URL:
+    what a URL names can change, so its embedding is never kept."""
+    reference = reference.strip()
+    if reference.startswith(("http://", "https://")):
+        return None
+    if reference.startswith("data:"):
+        header, _, reference = reference.partition(",")
+        if not header.endswith(";base64"):
+            return None  # refused by the preprocessor, every time: never served from the cache
+    return hashlib.sha256("".join(reference.split()).encode("utf-8", "replace")).hexdigest()

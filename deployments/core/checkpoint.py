@@ -5,8 +5,10 @@ this, and torch would cost each of their replicas about 180 MB and 2 s more to s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 
 DEFAULT_MODEL = "google/siglip-so400m-patch14-384"
@@ -116,6 +118,56 @@ class ImageSettings:
                    rescale_factor=float(config.get("rescale_factor", 1 / 255)),
                    image_mean=tuple(float(v) for v in config.get("image_mean", (0.5, 0.5, 0.5))),
                    image_std=tuple(float(v) for v in config.get("image_std", (0.5, 0.5, 0.5))))
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """The checkpoint's shapes that a client needs to use its embedding space."""
+
+    embedding_dimensions: int
+    image_size: int
+    patch_size: int
+    max_text_tokens: int  # every text is padded or cut to this many
+
+    @classmethod
+    def from_pretrained(cls, model: str) -> "ModelFacts":
+        with open(checkpoint_file(model, "config.json")) as f:
+            config = json.load(f)
+        vision, text = config.get("vision_config", {}), config.get("text_config", {})
+        # SiglipVisionConfig's and SiglipTextConfig's defaults for the keys a config leaves out.
+        return cls(embedding_dimensions=int(vision.get("hidden_size", 768)),
+                   image_size=int(vision.get("image_size", 224)), patch_size=int(vision.get("patch_size", 16)),
+                   max_text_tokens=int(text.get("max_position_embeddings", 64)))
+
+
+_SHA256_BLOB = re.compile(r"^[0-9a-f]{64}$")
+
+
+def weights_fingerprint(model: str) -> str:
+    """SHA-256 over the checkpoint's weight files (each file's own SHA-256, by name): the same
+    fingerprint, the same weights. A file from the hub cache is named by the SHA-256 the hub
+    recorded for it, so only local checkpoints are read through."""
+    if os.path.isdir(model):
+        names = sorted(name for name in os.listdir(model) if name.endswith((".safetensors", ".bin")))
+    elif checkpoint_file(model, "model.safetensors", missing_ok=True) is not None:
+        names = ["model.safetensors"]
+    else:
+        with open(checkpoint_file(model, "model.safetensors.index.json")) as f:
+            names = sorted(set(json.load(f)["weight_map"].values()))
+    combined = hashlib.sha256()
+    for name in names:
+        path = checkpoint_file(model, name)
+        blob = os.path.basename(os.path.realpath(path))
+        combined.update(f"{name}:{blob if _SHA256_BLOB.match(blob) else _file_sha256(path)}\n".encode())
+    return "sha256:" + combined.hexdigest()
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(2**24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,10 @@ class Embeddings:
                 vectors[rows], tokens[rows] = part.vectors, part.tokens
         return cls(vectors, tokens)
 
+    def copy(self) -> "Embeddings":
+        """Its own arrays: a row of a batch otherwise keeps the whole batch's alive."""
+        return Embeddings(self.vectors.copy(), self.tokens.copy())
+
     def rows(self) -> list["Embeddings"]:
         return self.split([1] * len(self))
 
@@ -44,3 +48,10 @@ class Embeddings:
         bounds = np.cumsum(sizes)[:-1]
         return [Embeddings(v, t) for v, t in zip(np.split(self.vectors, bounds),
                                                   np.split(self.tokens, bounds))]
+
+    def group_means(self, group_size: int) -> "Embeddings":
+        """One row per run of `group_size` rows: their mean, normalized again to unit length
+        (a prompt ensemble's label vector); tokens add up."""
+        vectors = self.vectors.reshape(-1, group_size, self.vectors.shape[1]).mean(axis=1)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        return Embeddings(vectors.astype(np.float32), self.tokens.reshape(-1, group_size).sum(axis=1))

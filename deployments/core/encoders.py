@@ -245,7 +245,8 @@ class TextEncoderCore(_EncoderCore):
         """`tower` is a SiglipTextModel (or SiglipModel.text_model), already on its device and
         in its dtype; `tokenizer` is the checkpoint's own."""
         self.tower = tower
-        self.device = next(tower.parameters()).device
+        parameter = next(tower.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
         self.tokenizer = tokenizer
         # The checkpoint's position count, never the tokenizer's or a generation default:
         # SigLIP pools the last position, so every text must be padded to exactly this length.

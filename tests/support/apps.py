@@ -116,3 +116,21 @@ def wait_until_running(app: str, timeout_s: float = 120) -> None:
             return
         time.sleep(0.5)
     raise TimeoutError(serve.status().applications[app])
+
+
+def text_encoder_cache_stats(app: str) -> dict[str, int]:
+    """The TextEncoder caches' counts (entries, hits, misses), over all its replicas."""
+    from deployments.testing.local_cluster import ask_each_replica
+
+    totals: dict[str, int] = {}
+    for stats in ask_each_replica(app, "TextEncoder", lambda encoder: encoder.cache_stats()):
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0) + value
+    return totals
+
+
+def embedding_vectors(body: dict):
+    """The float32 vectors of an /v1/embeddings answer, in order (a numpy array)."""
+    import numpy as np
+
+    return np.array([item["embedding"] for item in body["data"]], dtype=np.float32)

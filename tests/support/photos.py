@@ -27,6 +27,12 @@ def data_uri(raw: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(raw).decode()}"
 
 
+def distinct(raw: bytes, n: int) -> bytes:
+    """The image with `n` appended past its end: the same pixels in every format here, but bytes
+    of its own, so that the Ingress's image cache never serves it in place of the stages."""
+    return raw + n.to_bytes(8, "big")
+
+
 def preprocess(references: list[str], params: list[str], settings, **options) -> np.ndarray:
     """The preprocessor's pipeline, called from synchronous test code."""
     return asyncio.run(preprocess_references(references, params, settings, **options))

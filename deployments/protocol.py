@@ -116,7 +116,7 @@ class Usage(BaseModel):
 # ---- embeddings (OpenAI) -------------------------------------------------------------------
 
 TOKEN_IDS_MESSAGE = (
-    "input holds token IDs (lists of integers), not texts. Token IDs from another tokenizer mean "
+    "token IDs (lists of integers) instead of texts. Token IDs from another tokenizer mean "
     "nothing to SigLIP's own: send the texts themselves. LangChain's OpenAIEmbeddings sends OpenAI "
     "tokenizer IDs unless it is created with check_embedding_ctx_length=False.")
 

@@ -40,7 +40,9 @@ def test_health_and_openapi_docs(client):
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/v1/embeddings", "/v1/classify", "/v1/rerank", "/v1/models"} <= set(paths)
+    assert {"/v1/embeddings", "/v1/classify", "/v1/rerank", "/v1/models", "/v1/models/{model_id}"} <= set(paths)
+    for route in ("/v1/embeddings", "/v1/classify", "/v1/rerank"):
+        assert {"application/json", "multipart/form-data"} <= set(paths[route]["post"]["requestBody"]["content"])
 
 
 # ---- embeddings ----------------------------------------------------------------------------

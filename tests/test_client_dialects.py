@@ -69,6 +69,16 @@ def test_dimensions_is_accepted_only_at_the_models_size(client, reference):
     assert "not trained for shortened embeddings" in error["message"] and str(size) in error["message"]
 
 
+def test_the_openai_client_sends_dimensions(serve_url, tiny_checkpoint, client):
+    import openai
+
+    size = client.get("/v1/models").json()["data"][0]["embedding_dimensions"]
+    sdk = openai.OpenAI(base_url=f"{serve_url}/v1", api_key="unused", max_retries=0)
+    assert len(sdk.embeddings.create(model=tiny_checkpoint, input="a cat", dimensions=size).data[0].embedding) == size
+    with pytest.raises(openai.BadRequestError, match="dimensions"):
+        sdk.embeddings.create(model=tiny_checkpoint, input="a cat", dimensions=size - 1)
+
+
 @pytest.mark.parametrize("token_ids", [[[1049, 5679, 374]], [1049, 5679, 374], [[1049], [5679, 374]]])
 def test_token_ids_get_a_400_that_names_langchains_setting(client, token_ids):
     """What LangChain's OpenAIEmbeddings sends by default: OpenAI-tokenizer IDs per text."""

@@ -82,7 +82,8 @@ class BatchedEncoder:
         self._batch_sizes[size] += 1
         self.metrics.batch_size.observe(size)
         self.metrics.items_encoded.inc(size)
-        merged = await asyncio.to_thread(self._core.encode, self._merge(chunks))
+        with self.metrics.forward_timed():
+            merged = await asyncio.to_thread(self._core.encode, self._merge(chunks))
         return merged.split([len(chunk) for chunk in chunks])
 
     @staticmethod

@@ -1,6 +1,8 @@
 """Prometheus metrics of the serving graph. Ray exports them on every node's metrics port with
-a `ray_` prefix (`ray_siglip_stage_latency_ms_bucket{deployment="VisionEncoder",...}`); Serve
-adds the deployment, replica and application tags itself. Create them inside a replica."""
+a `ray_` prefix (`ray_siglip_stage_latency_seconds_bucket{deployment="VisionEncoder",...}`) and
+appends `_total` to counters; Serve adds the deployment, replica and application tags itself.
+Durations are in seconds, as Prometheus' conventions ask (Ray's own Serve metrics keep their
+milliseconds). Create them inside a replica. docs/operations.md lists them all."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Iterator
 
 from ray.serve.metrics import Counter, Histogram
 
-LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000]
+SECONDS_BOUNDARIES = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30]
 BATCH_SIZE_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 
 
@@ -19,16 +21,20 @@ class StageMetrics:
     """Latency of one stage's calls, as that stage sees them (queueing in its batch included)."""
 
     def __init__(self) -> None:
-        self.latency_ms = Histogram("siglip_stage_latency_ms", boundaries=LATENCY_BOUNDARIES_MS,
-                                    description="Time a stage spends on one call, in ms.")
+        self.latency = Histogram("siglip_stage_latency_seconds", boundaries=SECONDS_BOUNDARIES,
+                                 description="Time a stage spends on one call, in seconds.")
 
-    @contextmanager
-    def timed(self) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.latency_ms.observe((time.perf_counter() - started) * 1e3)
+    def timed(self):
+        return _timed(self.latency)
+
+
+@contextmanager
+def _timed(histogram: Histogram) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        histogram.observe(time.perf_counter() - started)
 
 
 class EncoderMetrics(StageMetrics):
@@ -38,6 +44,25 @@ class EncoderMetrics(StageMetrics):
                                     description="Items (images or texts) per forward pass.")
         self.items_encoded = Counter("siglip_items_encoded",
                                      description="Images or texts run through the tower.")
+        self.forward = Histogram("siglip_forward_seconds", boundaries=SECONDS_BOUNDARIES,
+                                 description="One forward pass of a batch through the tower, in seconds.")
+
+    def forward_timed(self):
+        return _timed(self.forward)
+
+
+class FetchMetrics:
+    """Images fetched from URLs by the preprocessor."""
+
+    def __init__(self) -> None:
+        self._seconds = Histogram("siglip_image_fetch_seconds", boundaries=SECONDS_BOUNDARIES,
+                                  description="Fetching one image URL, redirects included, in seconds.")
+        self._bytes = Counter("siglip_image_fetch_bytes", description="Bytes of images fetched from URLs.")
+
+    def record(self, seconds: float, size: int) -> None:
+        self._seconds.observe(seconds)
+        if size:  # Ray's counters refuse a zero increment
+            self._bytes.inc(size)
 
 
 class CacheMetrics:

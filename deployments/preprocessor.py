@@ -16,7 +16,7 @@ from deployments.core.fetch import ImageFetcher, ImageUrlPolicy
 from deployments.core.images import preprocess_references
 from deployments.core.limits import ImageLimits
 from deployments.core.resize import BandedResizer
-from deployments.metrics import StageMetrics
+from deployments.metrics import FetchMetrics, StageMetrics
 
 
 @serve.deployment
@@ -25,7 +25,7 @@ class ImagePreprocessor:
         self._settings = ImageSettings.from_pretrained(model)
         self._limits = limits
         self._jpeg_draft = jpeg_draft
-        self._fetcher = ImageFetcher(url_policy, limits)
+        self._fetcher = ImageFetcher(url_policy, limits, FetchMetrics().record)
         # One decode at a time per CPU the replica holds: more threads add no throughput, and
         # concurrent decodes of large photos evict each other from the caches. As many helpers
         # share large photos' resizes while no image waits for a decode thread: at low load,

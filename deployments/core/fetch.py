@@ -14,7 +14,8 @@ import asyncio
 import ipaddress
 import socket
 import ssl
-from typing import Iterable
+import time
+from typing import Callable, Iterable
 from urllib.parse import urljoin, urlsplit
 
 import httpcore
@@ -99,8 +100,12 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
 
 
 class ImageFetcher:
-    def __init__(self, policy: ImageUrlPolicy, limits: ImageLimits):
+    """`on_fetched(seconds, size)` is told of each image fetched (for metrics)."""
+
+    def __init__(self, policy: ImageUrlPolicy, limits: ImageLimits,
+                 on_fetched: Callable[[float, int], None] | None = None):
         self.policy = policy
+        self._on_fetched = on_fetched
         self.max_bytes = limits.max_image_bytes
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl.create_default_context(), max_connections=64,
@@ -112,10 +117,14 @@ class ImageFetcher:
         """The body of `url` after at most `max_redirects` redirects. Raises FetchError."""
         if not self.policy.enabled:
             raise FetchError("image URLs are turned off on this server; send the image as base64")
+        started = time.perf_counter()
         try:
-            return await asyncio.wait_for(self._follow(url), self.policy.total_timeout_s)
+            body = await asyncio.wait_for(self._follow(url), self.policy.total_timeout_s)
         except asyncio.TimeoutError:
             raise FetchError(f"timed out after {self.policy.total_timeout_s:g} s") from None
+        if self._on_fetched is not None:
+            self._on_fetched(time.perf_counter() - started, len(body))
+        return body
 
     async def _follow(self, url: str) -> bytes:
         for _ in range(self.policy.max_redirects + 1):

@@ -1,15 +1,18 @@
 """The Ingress's FastAPI app, built once per replica by `build_fastapi_app`: the request gate
-(API keys, body size) in front, and every error in OpenAI's shape. The routes are the
-Ingress's own (deployments/ingress.py)."""
+(API keys, body size) in front, every error in OpenAI's shape, and the playground page at `/`.
+The API's routes are the Ingress's own (deployments/ingress.py)."""
 
 from __future__ import annotations
 
+import html
 import logging
 import re
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.errors import ApiError, error_response
@@ -21,6 +24,8 @@ logger = logging.getLogger("ray.serve")
 
 # Documented on every route, so that the OpenAPI page shows clients the error body.
 ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 500)}
+
+PLAYGROUND = Path(__file__).with_name("playground")
 
 _FIELD = re.compile(r"^[a-z_]+$")
 _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "json"}
@@ -38,7 +43,21 @@ def build_fastapi_app(gate: GateSettings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
+    _add_playground(app)
     return app
+
+
+def _add_playground(app: FastAPI) -> None:
+    """The page at `/` and its files under `/playground`, open without a key (the gate guards
+    `/v1` only). Its URLs are relative to a `<base>` set to the app's route prefix."""
+    page = (PLAYGROUND / "index.html").read_text()
+
+    async def playground(request: Request) -> HTMLResponse:
+        root = html.escape(request.scope.get("root_path", "").rstrip("/"), quote=True)
+        return HTMLResponse(page.replace('<base href="/">', f'<base href="{root}/">', 1))
+
+    app.get("/", include_in_schema=False)(playground)
+    app.mount("/playground", StaticFiles(directory=PLAYGROUND), name="playground")
 
 
 async def _api_error(request: Request, error: ApiError) -> JSONResponse:

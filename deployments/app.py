@@ -2,7 +2,8 @@
 
     Ingress ─┬─> ImagePreprocessor ─> VisionEncoder ─┐
              ├─> TextEncoder ────────────────────────┼─> ScoreFusion
-             └───────────────────────────────────────┘
+             ├───────────────────────────────────────┘
+             └─> Collections (LanceDB)
 
 Each stage is its own deployment, so each autoscales on its own.
 """
@@ -15,6 +16,7 @@ import ray
 from ray.serve import Application
 from ray.serve.deployment import Deployment
 
+from deployments.collections import Collections
 from deployments.config import SiglipAppArgs
 from deployments.core.checkpoint import resolve_model, weights_bytes
 from deployments.ingress import Ingress
@@ -76,4 +78,7 @@ def build_graph(args: SiglipAppArgs, vision_encoder: Deployment,
         text=sized(text_encoder, spreading=True).bind(
             model=model, device=args.device, dtype=args.dtype, torch_threads=torch_threads),
         fusion=sized(ScoreFusion).bind(model=model),
+        collections=sized(Collections).bind(model=model, uri=args.collections.uri,
+                                            index_threshold=args.collections.index_threshold)
+        if args.collections.enabled else None,
     )

@@ -32,6 +32,21 @@ class InputLimits(ImageLimits):
                                 "hypothesis template). The tokenizer keeps 64 tokens anyway.")
 
 
+class CollectionsConfig(_Strict):
+    """Stored collections of embedded items, searched by /v1/collections/{name}/search
+    (docs/operations.md, "Collections")."""
+
+    enabled: bool = Field(True, description="Serve /v1/collections, kept in LanceDB; false: "
+                          "those routes answer 404 and no Collections stage is deployed.")
+    uri: str = Field("./siglip-collections", description="Where the collections live: a local "
+                     "folder (relative to where the replicas run: `serve run`'s folder on one "
+                     "machine) or an object store URI (s3://, gs://, az://) that every replica "
+                     "reaches. The SIGLIP_COLLECTIONS_URI environment variable overrides it.")
+    index_threshold: int = Field(100_000, ge=256, description="Items in a collection past which "
+                                 "it gets an approximate (IVF-PQ) index; below it, search is "
+                                 "exact. POST /v1/collections/{name}/index builds one at any size.")
+
+
 class SiglipAppArgs(_Strict):
     """Arguments of `deployments.app:build_app`."""
 
@@ -83,6 +98,7 @@ class SiglipAppArgs(_Strict):
     # What one request may hold; image URLs and their SSRF guard (docs/operations.md).
     limits: InputLimits = InputLimits()
     image_urls: ImageUrlPolicy = ImageUrlPolicy()
+    collections: CollectionsConfig = CollectionsConfig()
 
 
 class BatchingConfig(_Strict):

@@ -21,6 +21,7 @@ from pydantic.fields import FieldInfo
 
 from deployments.config import SiglipAppArgs, TextEncoderConfig, VisionEncoderConfig
 from deployments.core.checkpoint import MODEL_ENV_VAR
+from deployments.core.collection_rules import COLLECTIONS_URI_ENV_VAR
 from deployments.gate import API_KEY_DIGESTS_ENV_VAR, API_KEYS_ENV_VAR, API_KEYS_FILE_ENV_VAR
 from deployments.sizing import CPU_SHARE, MAX_CPU_ENCODER_REPLICAS, STAGES, Cluster, size_graph
 
@@ -30,6 +31,8 @@ OUTPUT = REPO / "docs" / "configuration.md"
 
 ENVIRONMENT = {
     MODEL_ENV_VAR: "Hub id or local folder of the checkpoint to serve; wins over `args.model`.",
+    COLLECTIONS_URI_ENV_VAR: "Where the collections live (a folder or an s3://, gs://, az:// URI); "
+                             "wins over `args.collections.uri`.",
     API_KEYS_ENV_VAR: "Comma-separated API keys. Set (or one of the two below): every `/v1` route "
                       "needs `Authorization: Bearer <key>`. Unset: `/v1` is open.",
     API_KEYS_FILE_ENV_VAR: "A file with one API key per line (`#` starts a comment), e.g. a "

@@ -8,6 +8,7 @@ embeddings that come back are kept: a known label set never reaches the text enc
 # No `from __future__ import annotations` here: FastAPI reads the route annotations at run time.
 import asyncio
 import base64
+import json
 import logging
 import time
 from typing import Awaitable, Sequence
@@ -20,17 +21,24 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.config import InputLimits
 from deployments.core.cache import LRUCache, get_or_compute, inline_image_key
+from deployments.core.collection_rules import MAX_METADATA_BYTES, CollectionError, CollectionInfo
+from deployments.core.collection_rules import Model as CollectionModel
+from deployments.core.collection_rules import filter_clause
 from deployments.core.embeddings import Embeddings
 from deployments.errors import ApiError
 from deployments.fastapi_app import build_fastapi_app
 from deployments.gate import ApiKeys, GateSettings, check_request_size
 from deployments.metrics import CacheMetrics
 from deployments.multipart import form_openapi
-from deployments.protocol import (Classification, ClassifyRequest, ClassifyResponse,
-                                  EmbeddingData, EmbeddingRequest, EmbeddingResponse, ImageItem,
-                                  Item, LabelScore, ModelCard, ModelList, RerankRequest,
-                                  RerankResponse, RerankResult, TextItem, Usage)
-from deployments.stage_calls import (RequestPolicy, StageAttempt, StageCalls, call_parts,
+from deployments.protocol import (Classification, ClassifyRequest, ClassifyResponse, Collection,
+                                  CollectionCreateRequest, CollectionDeleted, CollectionItem,
+                                  CollectionItemDeleted, CollectionItemsRequest,
+                                  CollectionItemsResponse, CollectionList, CollectionSearchRequest,
+                                  CollectionSearchResponse, EmbeddingData, EmbeddingRequest,
+                                  EmbeddingResponse, ImageItem, Item, LabelScore, ModelCard,
+                                  ModelList, RerankRequest, RerankResponse, RerankResult,
+                                  SearchMatch, TextItem, Usage)
+from deployments.stage_calls import (RequestPolicy, StageAttempt, StageCalls, call_parts, root_cause,
                                      run_stage_calls)
 from deployments.stage_health import StageWatch, serve_stage_states
 
@@ -49,6 +57,15 @@ def _texts_with_params(items: Sequence[Item], is_image: list[bool], param: str) 
     return [(f"{param}[{i}]", _text(item)) for i, (item, flag) in enumerate(zip(items, is_image)) if not flag]
 
 
+def _refused(error: CollectionError) -> ApiError:
+    return ApiError(error.status, error.message, param=error.param, code=error.code)
+
+
+def _collection(info: CollectionInfo) -> Collection:
+    return Collection(name=info.name, count=info.count, dimensions=info.dimensions, model=info.model,
+                      indexed=info.indexed)
+
+
 def _to_wire(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     if encoding_format == "base64":  # OpenAI's encoding: little-endian float32 bytes
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
@@ -62,7 +79,7 @@ class Ingress:
     def __init__(self, *, model: str, served_model_name: str, policy: RequestPolicy, limits: InputLimits,
                  text_cache_size: int, image_cache_size: int, jpeg_draft: bool,
                  preprocessor: DeploymentHandle, vision: DeploymentHandle, text: DeploymentHandle,
-                 fusion: DeploymentHandle):
+                 fusion: DeploymentHandle, collections: DeploymentHandle | None):
         # `model` and `jpeg_draft` change what an embedding is: a change restarts this replica,
         # and so empties its caches.
         self._model_name = served_model_name
@@ -85,9 +102,11 @@ class Ingress:
         self._vision = vision
         self._text = text
         self._fusion = fusion
+        self._collections = collections  # None: turned off
         app_name = serve.get_replica_context().app_name
+        stages = (preprocessor, vision, text, fusion, *((collections,) if collections else ()))
         self._stages = StageWatch(lambda: asyncio.to_thread(serve_stage_states, app_name),
-                                  [stage.deployment_name for stage in (preprocessor, vision, text, fusion)])
+                                  [stage.deployment_name for stage in stages])
 
     # ---- stage calls ---------------------------------------------------------------------
 
@@ -155,6 +174,20 @@ class Ingress:
         return [*((self._preprocessor, self._vision) if images else ()),
                 *((self._text,) if texts else ()), *more]
 
+    async def _embed(self, items: Sequence[Item], param: str) -> Embeddings:
+        """The items' embeddings, in order, through the caches and the encoders; `param` names
+        the items in errors (`items[3]`)."""
+        is_image = [_image_reference(item) is not None for item in items]
+        check_request_size(self._limits, images=sum(is_image),
+                           texts=_texts_with_params(items, is_image, param))
+
+        def stage_calls(attempt: StageAttempt):
+            images, texts = self._encode_items(attempt, items, is_image, param)
+            return [images, self._encode_texts(attempt, texts) if texts else None]
+
+        images, texts = await self._run(stage_calls, self._stages_for(any(is_image), not all(is_image)))
+        return Embeddings.interleave(is_image, images, texts)
+
     async def _card(self) -> ModelCard:
         """The served model's card: the checkpoint's facts from ScoreFusion, the encoders' dtype
         and device from the VisionEncoder; asked once per Ingress replica."""
@@ -185,6 +218,14 @@ class Ingress:
         app.post("/v1/classify", openapi_extra=form_openapi("/v1/classify"))(self.classify)
         app.post("/v1/rerank", response_model_exclude_none=True,
                  openapi_extra=form_openapi("/v1/rerank"))(self.rerank)
+        app.post("/v1/collections", status_code=201)(self.create_collection)
+        app.get("/v1/collections")(self.list_collections)
+        app.get("/v1/collections/{name}")(self.get_collection)
+        app.delete("/v1/collections/{name}")(self.delete_collection)
+        app.post("/v1/collections/{name}/items")(self.add_items)
+        app.delete("/v1/collections/{name}/items/{item_id:path}")(self.delete_item)
+        app.post("/v1/collections/{name}/search")(self.search_collection)
+        app.post("/v1/collections/{name}/index")(self.index_collection)
         return app
 
     async def health(self) -> JSONResponse:
@@ -216,15 +257,7 @@ class Ingress:
                                     "so they are never cut. Leave dimensions out, or send "
                                     f"{size}.", param="dimensions", code="invalid_value")
         items = [body.input] if isinstance(body.input, str) else body.input
-        is_image = [_image_reference(item) is not None for item in items]
-        check_request_size(self._limits, images=sum(is_image),
-                           texts=_texts_with_params(items, is_image, "input"))
-        def stage_calls(attempt: StageAttempt):
-            images, texts = self._encode_items(attempt, items, is_image, "input")
-            return [images, self._encode_texts(attempt, texts) if texts else None]
-
-        images, texts = await self._run(stage_calls, self._stages_for(any(is_image), not all(is_image)))
-        embeddings = Embeddings.interleave(is_image, images, texts)
+        embeddings = await self._embed(items, "input")
         data = [EmbeddingData(index=i, embedding=_to_wire(vector, body.encoding_format))
                 for i, vector in enumerate(embeddings.vectors)]
         return EmbeddingResponse(data=data, model=self._model_name,
@@ -287,3 +320,88 @@ class Ingress:
             results.append(RerankResult(index=ranked.index, relevance_score=ranked.score,
                                         document=document))
         return RerankResponse(model=self._model_name, results=results, usage=Usage.of(tokens))
+
+    # ---- collections ---------------------------------------------------------------------
+
+    async def _store(self, method: str, *args):
+        """A call to the Collections stage, retried like any stage call; its refusals become
+        the API's 4xx."""
+        if self._collections is None:
+            raise ApiError(404, "Collections are turned off on this server (collections.enabled).",
+                           code="collections_disabled")
+        call = getattr(self._collections, method)
+        try:
+            [result] = await self._run(lambda attempt: [attempt.send(call, *args)], [self._collections])
+        except Exception as error:
+            if refused := root_cause(error, CollectionError):
+                raise _refused(refused) from None
+            raise
+        return result
+
+    async def _collection_model(self) -> CollectionModel:
+        """What identifies this server's vectors: the weights and the dtype they run in."""
+        card = await self._card()
+        return CollectionModel(self._model_name, f"{card.fingerprint}/{card.dtype}", card.embedding_dimensions)
+
+    async def create_collection(self, body: CollectionCreateRequest) -> Collection:
+        return _collection(await self._store("create", body.name, await self._collection_model()))
+
+    async def list_collections(self) -> CollectionList:
+        return CollectionList(data=[_collection(info) for info in await self._store("list")])
+
+    async def get_collection(self, name: str) -> Collection:
+        return _collection(await self._store("describe", name))
+
+    async def delete_collection(self, name: str) -> CollectionDeleted:
+        await self._store("drop", name)
+        return CollectionDeleted(name=name)
+
+    async def add_items(self, name: str, body: CollectionItemsRequest) -> CollectionItemsResponse:
+        """Embeds every item, then stores them all in one commit: a bad item fails the request
+        before anything is stored."""
+        self._check_model(body.model)
+        first_index: dict[str, int] = {}
+        for index, item in enumerate(body.items):
+            if (earlier := first_index.setdefault(item.id, index)) != index:
+                raise ApiError(400, f"items[{index}].id repeats items[{earlier}].id ('{item.id[:80]}').",
+                               param=f"items[{index}].id", code="duplicate_id")
+            if item.metadata is not None and len(json.dumps(item.metadata)) > MAX_METADATA_BYTES:
+                raise ApiError(400, f"items[{index}].metadata is over {MAX_METADATA_BYTES} bytes as JSON.",
+                               param=f"items[{index}].metadata", code="metadata_too_large")
+        model = await self._collection_model()
+        await self._store("describe", name, model)  # an unknown collection costs no encoding
+        embeddings = await self._embed([ImageItem(image=item.image) if item.image is not None else item.text
+                                        for item in body.items], "items")
+        await self._store("upsert", name, model, [item.id for item in body.items], embeddings.vectors,
+                          ["image" if item.image is not None else "text" for item in body.items],
+                          [item.metadata for item in body.items])
+        return CollectionItemsResponse(data=[CollectionItem(id=item.id) for item in body.items],
+                                       usage=Usage.of(int(embeddings.tokens.sum())))
+
+    async def delete_item(self, name: str, item_id: str) -> CollectionItemDeleted:
+        if not await self._store("delete", name, item_id):
+            raise ApiError(404, f"The collection '{name}' has no item '{item_id[:80]}'.",
+                           param="id", code="item_not_found")
+        return CollectionItemDeleted(id=item_id)
+
+    async def search_collection(self, name: str, body: CollectionSearchRequest) -> CollectionSearchResponse:
+        """The items nearest the query, scored exactly as /v1/rerank scores them."""
+        self._check_model(body.model)
+        try:
+            filter_clause(body.filter)
+        except CollectionError as error:
+            raise _refused(error) from None
+        model = await self._collection_model()
+        await self._store("describe", name, model)
+        query = await self._embed([body.query], "query")
+        matches = await self._store("search", name, model, query.vectors[0], body.top_k, body.filter,
+                                    body.include_metadata)
+        return CollectionSearchResponse(
+            model=self._model_name, usage=Usage.of(int(query.tokens.sum())),
+            data=[SearchMatch(id=m.id, score=m.score, metadata=m.metadata if body.include_metadata else None)
+                  for m in matches])
+
+    async def index_collection(self, name: str) -> Collection:
+        """Builds the approximate index now (seconds to minutes); search then uses it."""
+        await self._store("build_index", name)
+        return _collection(await self._store("describe", name))

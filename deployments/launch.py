@@ -24,6 +24,7 @@ from typing import Mapping
 import yaml
 
 from deployments.core.checkpoint import MODEL_ENV_VAR
+from deployments.core.collection_rules import COLLECTIONS_URI_ENV_VAR
 from deployments.gate import API_KEY_DIGESTS_ENV_VAR, API_KEYS_ENV_VAR, API_KEYS_FILE_ENV_VAR, key_digest
 
 def replica_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -33,6 +34,8 @@ def replica_environment(environ: Mapping[str, str]) -> dict[str, str]:
     for name in (MODEL_ENV_VAR, API_KEYS_FILE_ENV_VAR):
         if value := environ.get(name):
             env[name] = os.path.abspath(value) if os.path.exists(value) else value
+    if uri := environ.get(COLLECTIONS_URI_ENV_VAR):  # a folder that may not exist yet
+        env[COLLECTIONS_URI_ENV_VAR] = uri if "://" in uri else os.path.abspath(uri)
     digests = [key_digest(key.strip()).hex() for key in environ.get(API_KEYS_ENV_VAR, "").split(",")
                if key.strip()]
     if given := environ.get(API_KEY_DIGESTS_ENV_VAR, "").strip():

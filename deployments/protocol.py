@@ -4,9 +4,10 @@ OpenAI (models, embeddings, errors, chat content parts), Jina (classify) and Coh
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt,
+                      StrictStr, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 
@@ -222,4 +223,90 @@ class RerankResult(BaseModel):
 class RerankResponse(BaseModel):
     model: str
     results: list[RerankResult]
+    usage: Usage
+
+
+# ---- collections ---------------------------------------------------------------------------
+
+class CollectionCreateRequest(_Request):
+    name: str = Field(description="1 to 64 of a-z, 0-9, _ and -.")
+
+
+class Collection(BaseModel):
+    object: Literal["collection"] = "collection"
+    name: str
+    count: int = Field(description="Items stored.")
+    dimensions: int
+    model: str = Field(description="The model whose vectors it holds; another model's are refused.")
+    indexed: bool = Field(description="Whether search uses an approximate index (else exact).")
+
+
+class CollectionList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Collection]
+
+
+class CollectionDeleted(BaseModel):
+    object: Literal["collection"] = "collection"
+    name: str
+    deleted: Literal[True] = True
+
+
+class CollectionItemInput(_Request):
+    id: str = Field(min_length=1, max_length=256, description="Adding an id again replaces that item.")
+    image: str | None = Field(None, description="An http(s) URL, a data URI or raw base64.")
+    text: str | None = None
+    metadata: dict[str, Any] | None = Field(None, description="A JSON object, returned by search "
+                                            "and matched by its `filter`.")
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "CollectionItemInput":
+        if (self.image is None) == (self.text is None):
+            raise PydanticCustomError("one_input", "give exactly one of image and text")
+        return self
+
+
+class CollectionItemsRequest(_Request):
+    model: str | None = None
+    items: Annotated[list[CollectionItemInput], Field(min_length=1)]
+
+
+class CollectionItem(BaseModel):
+    id: str
+    object: Literal["collection.item"] = "collection.item"
+
+
+class CollectionItemsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[CollectionItem]
+    usage: Usage
+
+
+class CollectionItemDeleted(CollectionItem):
+    deleted: Literal[True] = True
+
+
+FilterValue = StrictStr | StrictInt | StrictFloat | StrictBool
+
+
+class CollectionSearchRequest(_Request):
+    model: str | None = None
+    query: Item
+    top_k: int = Field(10, ge=1, le=1000)
+    filter: dict[str, FilterValue] = Field(default_factory=dict, description="Keeps the items whose "
+                                           "metadata has each key with exactly that value.")
+    include_metadata: bool = True
+
+
+class SearchMatch(BaseModel):
+    id: str
+    score: float = Field(description="The item's /v1/rerank relevance_score for this query: an "
+                         "independent sigmoid probability.")
+    metadata: dict[str, Any] | None = None
+
+
+class CollectionSearchResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[SearchMatch] = Field(description="Highest score first.")
     usage: Usage

@@ -17,7 +17,7 @@ from typing import Any
 
 from deployments.config import TextEncoderConfig, VisionEncoderConfig
 
-STAGES = ("Ingress", "ImagePreprocessor", "VisionEncoder", "TextEncoder", "ScoreFusion")
+STAGES = ("Ingress", "ImagePreprocessor", "VisionEncoder", "TextEncoder", "ScoreFusion", "Collections")
 
 # On a CPU: one single-thread encoder replica per core wasted the least CPU per item (a
 # vision and a text replica share each core, taking turns). Past this many, bigger replicas:
@@ -88,6 +88,8 @@ def _on_gpus(encoder_gpus: float) -> GraphSizing:
         "TextEncoder": {**_autoscaling(1, 8, text_batch, 30, 600), **_actor(0.5, encoder_gpus)},
         # Microseconds of numpy per call.
         "ScoreFusion": {**_autoscaling(1, 4, 128, 10, 300), **_actor(0.1)},
+        # An exact search reads a whole collection: up to a core each.
+        "Collections": {**_autoscaling(1, 8, 16, 10, 300), **_actor(1)},
     })
 
 
@@ -99,10 +101,10 @@ def _on_cpus(cluster: Cluster, checkpoint_bytes: int | None) -> GraphSizing:
         per_pair = checkpoint_bytes + 2 * REPLICA_OVERHEAD_BYTES
         encoders = max(1, min(encoders, math.floor(cluster.memory_bytes / per_pair)))
     preprocessors = math.ceil(cores / 4)  # a decode costs about a quarter of an encode
-    # Ingress and ScoreFusion ask for little (a few ms per request); the encoders and the
-    # preprocessors share the rest of the app's share, four to one.
+    # Ingress, ScoreFusion and Collections ask for little (a few ms per request); the encoders
+    # and the preprocessors share the rest of the app's share, four to one.
     light = 0.05 * min(cores, 2)
-    rest = CPU_SHARE * cluster.cpus - 2 * light
+    rest = CPU_SHARE * cluster.cpus - 3 * light
     encoder_cpus = 0.8 * rest / (2 * encoders)
     return GraphSizing(torch_threads=max(1, cores // encoders), stages={
         # Enough requests at once to fill every vision replica's batch. Past that they wait, in
@@ -114,4 +116,5 @@ def _on_cpus(cluster: Cluster, checkpoint_bytes: int | None) -> GraphSizing:
         "VisionEncoder": {"num_replicas": encoders, **_actor(encoder_cpus)},
         "TextEncoder": {"num_replicas": encoders, **_actor(encoder_cpus)},
         "ScoreFusion": {"num_replicas": 1, **_actor(light)},
+        "Collections": {"num_replicas": 1, **_actor(light)},
     })

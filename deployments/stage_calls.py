@@ -95,13 +95,13 @@ async def _with_retries(stage_calls: StageCalls, policy: RequestPolicy) -> list:
         try:
             return await stage_attempt.results(stage_calls(stage_attempt))
         except Exception as error:
-            if bad_image := _root_cause(error, ImageInputError):
+            if bad_image := root_cause(error, ImageInputError):
                 raise ApiError(400, str(bad_image), param=bad_image.param, code="invalid_image") from None
-            if full := _root_cause(error, BackPressureError):
+            if full := root_cause(error, BackPressureError):
                 raise ApiError(full.status_code, "The server is at capacity; retry later.",
                                type="overloaded_error", code="overloaded",
                                retry_after_s=full.retry_after_s or 1) from None
-            cause = _root_cause(error, REPLICA_FAILURES)
+            cause = root_cause(error, REPLICA_FAILURES)
             if cause is None:
                 raise
             logger.warning("Attempt %d of %d lost a replica (%s); sending the request again.",
@@ -112,7 +112,7 @@ async def _with_retries(stage_calls: StageCalls, policy: RequestPolicy) -> list:
                    code="stage_unavailable", retry_after_s=5)
 
 
-def _root_cause(error: BaseException, kind: type | tuple[type, ...]) -> BaseException | None:
+def root_cause(error: BaseException, kind: type | tuple[type, ...]) -> BaseException | None:
     """The innermost exception of `kind` behind `error`, or None. Ray wraps a stage's exception
     once per stage it crosses (RayTaskError.cause), and Serve re-raises an upstream replica's
     death as a RayServeException whose __cause__ holds it."""

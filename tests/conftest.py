@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deployments.core.collection_rules import COLLECTIONS_URI_ENV_VAR
 from deployments.testing.random_checkpoint import make_checkpoint
 from deployments.testing.local_cluster import free_port, serve_locally
 from tests.support.reference import Reference
@@ -57,9 +58,11 @@ def metrics_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def serve_url(tiny_checkpoint, serve_config, metrics_port):
+def serve_url(tiny_checkpoint, serve_config, metrics_port, tmp_path_factory):
     """The graph deployed from serve_config.yaml exactly as `serve run` deploys it, with the
-    tiny checkpoint chosen through SIGLIP_MODEL, on a free port."""
+    tiny checkpoint chosen through SIGLIP_MODEL, on a free port, its collections in a
+    temporary folder chosen through SIGLIP_COLLECTIONS_URI."""
+    os.environ[COLLECTIONS_URI_ENV_VAR] = str(tmp_path_factory.mktemp("collections"))
     # Autoscaling metrics reach the controller every 10 s by default; Ray's own autoscaling
     # tests shorten that, and so do we (tests/test_autoscaling.py waits on it).
     os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.2")

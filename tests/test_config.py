@@ -112,7 +112,7 @@ def _cluster(monkeypatch, **resources: float) -> None:
 def test_on_two_cores_the_graph_fits_and_the_encoders_do_not_autoscale(serve_config, monkeypatch):
     _cluster(monkeypatch, CPU=2.0, memory=8 * 2**30)
     built = _built(SiglipAppArgs.model_validate(serve_config["applications"][0]["args"]))
-    assert set(built) == {"Ingress", "ImagePreprocessor", "VisionEncoder", "TextEncoder", "ScoreFusion"}
+    assert set(built) == {"Ingress", "ImagePreprocessor", "VisionEncoder", "TextEncoder", "ScoreFusion", "Collections"}
     assert sum(d.ray_actor_options["num_cpus"] * d.num_replicas for d in built.values()) <= 2
     assert all(d._deployment_config.autoscaling_config is None for d in built.values())
     assert built["VisionEncoder"].num_replicas == built["TextEncoder"].num_replicas == 2

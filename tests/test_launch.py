@@ -32,6 +32,9 @@ def test_the_replicas_get_absolute_paths_and_only_digests_of_keys(tmp_path, monk
     assert env == {"SIGLIP_MODEL": str(tmp_path / "ckpt"), "SIGLIP_API_KEYS_FILE": "/run/secrets/keys",
                    "SIGLIP_API_KEY_SHA256": f"{key_digest(KEY).hex()},{key_digest('other').hex()}"}
     assert replica_environment({"SIGLIP_MODEL": "org/model"}) == {"SIGLIP_MODEL": "org/model"}
+    # A collections folder that does not exist yet is made absolute too; a URI stays as given.
+    assert replica_environment({"SIGLIP_COLLECTIONS_URI": "store"}) == {"SIGLIP_COLLECTIONS_URI": str(tmp_path / "store")}
+    assert replica_environment({"SIGLIP_COLLECTIONS_URI": "s3://b/c"}) == {"SIGLIP_COLLECTIONS_URI": "s3://b/c"}
 
 
 def test_the_shells_variables_win_over_the_files_and_keep_the_others():

@@ -21,7 +21,8 @@ def _total_cpus(stages: dict) -> float:
 def test_a_two_core_machine_gets_a_single_thread_encoder_pair_per_core():
     sizing = size_graph(Cluster(cpus=2, gpus=0, memory_bytes=11 * GIB), 0, SO400M_BYTES)
     counts = {name: options["num_replicas"] for name, options in sizing.stages.items()}
-    assert counts == {"Ingress": 1, "ImagePreprocessor": 1, "VisionEncoder": 2, "TextEncoder": 2, "ScoreFusion": 1}
+    assert counts == {"Ingress": 1, "ImagePreprocessor": 1, "VisionEncoder": 2, "TextEncoder": 2, "ScoreFusion": 1,
+                      "Collections": 1}
     assert sizing.torch_threads == 1
     assert sizing.stages["Ingress"]["max_ongoing_requests"] == 2 * VisionEncoderConfig.AUTO_MAX_BATCH_SIZE["cpu"]
     assert not any("autoscaling_config" in options for options in sizing.stages.values())

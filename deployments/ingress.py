@@ -369,7 +369,7 @@ class Ingress:
                 raise ApiError(400, f"items[{index}].metadata is over {MAX_METADATA_BYTES} bytes as JSON.",
                                param=f"items[{index}].metadata", code="metadata_too_large")
         model = await self._collection_model()
-        await self._store("describe", name, model)  # an unknown collection costs no encoding
+        await self._store("check", name, model)  # an unknown collection costs no encoding
         embeddings = await self._embed([ImageItem(image=item.image) if item.image is not None else item.text
                                         for item in body.items], "items")
         await self._store("upsert", name, model, [item.id for item in body.items], embeddings.vectors,
@@ -392,13 +392,13 @@ class Ingress:
         except CollectionError as error:
             raise _refused(error) from None
         model = await self._collection_model()
-        await self._store("describe", name, model)
+        await self._store("check", name, model)
         query = await self._embed([body.query], "query")
         matches = await self._store("search", name, model, query.vectors[0], body.top_k, body.filter,
                                     body.include_metadata)
         return CollectionSearchResponse(
             model=self._model_name, usage=Usage.of(int(query.tokens.sum())),
-            data=[SearchMatch(id=m.id, score=m.score, metadata=m.metadata if body.include_metadata else None)
+            data=[SearchMatch(id=m.id, score=m.score, metadata=m.metadata)
                   for m in matches])
 
     async def index_collection(self, name: str) -> Collection:

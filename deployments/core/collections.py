@@ -105,9 +105,13 @@ class CollectionStore:
         await table.set_unenforced_primary_key("id")
         return await self._info(name, table)
 
-    async def describe(self, name: str, model: Model | None = None) -> CollectionInfo:
-        """Refuses an unknown collection, and one of another `model` if given."""
-        return await self._info(name, await self._table(name, model))
+    async def describe(self, name: str) -> CollectionInfo:
+        return await self._info(name, await self._table(name))
+
+    async def check(self, name: str, model: Model) -> None:
+        """Refuses an unknown collection, and one of another model: without counting rows or
+        listing indexes, as `describe` does."""
+        await self._table(name, model)
 
     async def list(self) -> list[CollectionInfo]:
         found = []

@@ -137,6 +137,23 @@ async def _fetch_if_url(reference: str, param: str, fetcher: ImageFetcher | None
         raise ImageInputError(param, f"cannot fetch {shown}: {error}") from None
 
 
+def prepare_bytes(data: bytes, settings: ImageSettings, limits: ImageLimits,
+                  jpeg_draft_size: int | None = None, resizer: BandedResizer = WITHOUT_HELPERS) -> np.ndarray:
+    """One encoded image's pixels at the checkpoint's size. Raises UnusableImage, whose
+    message is meant for the user, whatever Pillow raised."""
+    try:
+        return prepare(decode(data, limits.max_image_pixels, jpeg_draft_size), settings, resizer)
+    except UnusableImage:
+        raise
+    except UnidentifiedImageError:
+        raise UnusableImage("not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, TIFF)") from None
+    except Image.DecompressionBombError:  # Pillow's own guard, met before ours by some formats
+        raise UnusableImage(f"the image has more than {limits.max_image_pixels} pixels "
+                            "(max_image_pixels)") from None
+    except Exception as error:  # Pillow raises many types for corrupt input.
+        raise UnusableImage(f"cannot decode image: {error}") from None
+
+
 def _decode_all(sources: list[str | bytes], params: list[str], settings: ImageSettings,
                 limits: ImageLimits, jpeg_draft: bool, resizer: BandedResizer) -> np.ndarray:
     draft_size = 2 * max(settings.height, settings.width) if jpeg_draft else None
@@ -144,15 +161,7 @@ def _decode_all(sources: list[str | bytes], params: list[str], settings: ImageSe
     for index, (source, param) in enumerate(zip(sources, params, strict=True)):
         try:
             data = source if isinstance(source, bytes) else image_bytes(source, limits.max_image_bytes)
-            pixels[index] = prepare(decode(data, limits.max_image_pixels, draft_size), settings, resizer)
-        except UnidentifiedImageError:
-            raise ImageInputError(param, "not an image in a supported format "
-                                         "(JPEG, PNG, WebP, GIF, BMP, TIFF)") from None
+            pixels[index] = prepare_bytes(data, settings, limits, draft_size, resizer)
         except UnusableImage as error:
             raise ImageInputError(param, str(error)) from None
-        except Image.DecompressionBombError:  # Pillow's own guard, met before ours by some formats
-            raise ImageInputError(param, f"the image has more than {limits.max_image_pixels} pixels "
-                                         "(max_image_pixels)") from None
-        except Exception as error:  # Pillow raises many types for corrupt input.
-            raise ImageInputError(param, f"cannot decode image: {error}") from None
     return pixels

@@ -34,3 +34,13 @@ def test_encoders_sit_on_gpu_nodes_and_cross_node_requests_are_correct(tiny_chec
         assert report["deployed"][encoder]["ray_actor_options"]["num_gpus"] == 1
         # A fake GPU that torch cannot use: the replicas run on the CPU, with the CPU's batches.
         assert report["batch_limits"][encoder] == [USER_CONFIG_MODELS[encoder]().max_batch_size_on("cpu")]
+
+
+@pytest.mark.own_cluster
+def test_bulk_encoders_sit_one_per_gpu_on_gpu_nodes(tiny_checkpoint):
+    """siglip-embed --address on the same kind of cluster: an encoder actor per GPU, each on a
+    GPU node, the decoding on the CPU head too, and vectors still the reference's."""
+    report = run_check_script("bulk_placement_check.py", tiny_checkpoint, "gpu_nodes")
+    assert sorted(report["encoder_nodes"]) == report["gpu_nodes"], report  # one each
+    assert (report["items"], report["errors"]) == (28, 0)
+    assert report["max_abs_diff"] < 1e-5

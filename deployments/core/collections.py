@@ -127,8 +127,9 @@ class CollectionStore:
         await (await self._connection()).drop_table(name)
 
     async def upsert(self, name: str, model: Model, ids: list[str], vectors: np.ndarray,
-                     modalities: list[str], metadata: list[dict | None]) -> None:
-        """One commit: every item of the request is stored, or none is."""
+                     modalities: list[str], metadata: list[dict | None], index_when_large: bool = True) -> None:
+        """One commit: every item of the request is stored, or none is. A bulk job passes
+        `index_when_large=False` and builds the index once, when all its rows are in."""
         table = await self._table(name, model)
         rows = pa.table({
             "id": pa.array(ids, pa.string()),
@@ -139,8 +140,13 @@ class CollectionStore:
             "model_fingerprint": pa.array([model.fingerprint] * len(ids), pa.string()),
         }, schema=_schema(model).remove_metadata())
         await table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(rows)
-        if await table.count_rows() >= self._index_threshold:
+        if index_when_large and await table.count_rows() >= self._index_threshold:
             self._index_later(name, table)
+
+    async def ids(self, name: str, model: Model) -> list[str]:
+        """Every item's id (a bulk job's rerun skips them)."""
+        table = await self._table(name, model)
+        return (await table.query().select(["id"]).to_arrow()).column("id").to_pylist()
 
     async def delete(self, name: str, item_id: str) -> bool:
         """Whether the item was there."""

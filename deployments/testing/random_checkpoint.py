@@ -11,6 +11,7 @@ MEANINGLESS outputs. Never serve one to users.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -90,10 +91,12 @@ def build_tokenizer(out_dir: Path):
     return tokenizer
 
 
-def build_config(preset_name: str, tokenizer_vocab_size: int):
+def build_config(preset_name: str, tokenizer_vocab_size: int, image_size: int | None = None):
     from transformers import SiglipConfig
 
     preset = PRESETS[preset_name]
+    if image_size is not None:
+        preset = dataclasses.replace(preset, image_size=image_size)
     shared = dict(hidden_size=preset.hidden_size, intermediate_size=preset.intermediate_size,
                   num_hidden_layers=preset.num_hidden_layers,
                   num_attention_heads=preset.num_attention_heads,
@@ -132,12 +135,13 @@ def write_processor_config(out_dir: Path, image_size: int) -> None:
     (out_dir / "preprocessor_config.json").write_text(json.dumps(processor_config, indent=2))
 
 
-def make_checkpoint(preset_name: str, out_dir: str | Path, seed: int = 0) -> Path:
-    """Writes a loadable random-weight checkpoint to `out_dir` and returns its path."""
+def make_checkpoint(preset_name: str, out_dir: str | Path, seed: int = 0, image_size: int | None = None) -> Path:
+    """Writes a loadable random-weight checkpoint to `out_dir` and returns its path;
+    `image_size` replaces the preset's (a test that needs larger pixels at tiny's cost)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(out_dir)
-    config = build_config(preset_name, len(tokenizer))
+    config = build_config(preset_name, len(tokenizer), image_size)
     build_model(config, seed=seed).save_pretrained(out_dir)
     write_processor_config(out_dir, config.vision_config.image_size)
     (out_dir / "README.md").write_text(f"# {RANDOM_WEIGHTS_WARNING}\n\nPreset: `{preset_name}`.\n")

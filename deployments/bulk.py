@@ -332,11 +332,12 @@ class ParquetDestination:
                 logger.warning("deleting %s: an unfinished file from an interrupted run", path)
                 self._fs.delete_file(path)
                 continue
-            table = pq.read_table(path, filesystem=self._fs)
-            succeeded = table.filter(pa.compute.is_null(table.column("error")))
-            if succeeded.num_rows < table.num_rows:
-                self._rewrite(path, succeeded)
-            done.update(succeeded.column("id").to_pylist())
+            ids = pq.read_table(path, columns=["id", "error"], filesystem=self._fs)
+            succeeded = pa.compute.is_null(ids.column("error"))
+            if not pa.compute.all(succeeded).as_py():
+                table = pq.read_table(path, filesystem=self._fs)
+                self._rewrite(path, table.filter(pa.compute.is_null(table.column("error"))))
+            done.update(ids.filter(succeeded).column("id").to_pylist())
         if self.single_file:
             fs, path = bulk.filesystem(self.location)
             if fs.get_file_info(path).type == pafs.FileType.File:
@@ -366,19 +367,25 @@ class ParquetDestination:
         return rows, rows - errors
 
     def _merge(self) -> None:
-        """The parts and the previous file's embedded rows, as one file, moved into place."""
+        """The previous file's embedded rows and the parts, streamed into one file that is
+        then moved into place."""
         fs, path = bulk.filesystem(self.location)
-        parts = self._files()
+        # (filesystem, path, whether its failed rows go): those of the previous file were
+        # embedded again, into the parts.
+        sources = [(self._fs, part, False) for part in self._files()]
         if fs.get_file_info(path).type == pafs.FileType.File:
-            previous = pq.read_table(path, filesystem=fs)
-            tables = [previous.filter(pa.compute.is_null(previous.column("error")))]
-        else:
-            tables = []
-        tables += [pq.read_table(part, filesystem=self._fs) for part in parts]
-        if tables:
-            merged = pa.concat_tables(tables, promote_options="permissive")
+            sources.insert(0, (fs, path, True))
+        if sources:
             hidden = posixpath.join(posixpath.dirname(path), "." + posixpath.basename(path))
-            pq.write_table(merged.replace_schema_metadata(self._identity), hidden, filesystem=fs)
+            schema = pq.read_schema(sources[0][1], filesystem=sources[0][0]).with_metadata(self._identity)
+            with pq.ParquetWriter(hidden, schema, filesystem=fs) as writer:
+                for source_fs, source, drop_failed in sources:
+                    with source_fs.open_input_file(source) as stream:
+                        for batch in pq.ParquetFile(stream).iter_batches(batch_size=4096):
+                            rows = pa.Table.from_batches([batch])
+                            if drop_failed:
+                                rows = rows.filter(pa.compute.is_null(rows.column("error")))
+                            writer.write_table(rows.cast(schema))
             fs.move(hidden, path)
         self._fs.delete_dir(self._folder)
 
@@ -419,6 +426,9 @@ class CollectionDestination:
     async def _write(self, dataset) -> tuple[int, int]:
         rows = failed = 0
         errors_writer = None
+        errors_fs, errors_path = bulk.filesystem(self.errors_path)
+        if errors_fs.get_file_info(errors_path).type == pafs.FileType.File:
+            errors_fs.delete_file(errors_path)  # a previous run's: its failures are retried now
         try:
             for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=self.WRITE_ROWS):
                 stored, metadata, rejected = self._split(batch)
@@ -429,7 +439,8 @@ class CollectionDestination:
                         vectors.reshape(stored.num_rows, -1), [self._modality] * stored.num_rows,
                         metadata, index_when_large=False)
                 if rejected.num_rows:
-                    errors_writer = errors_writer or pq.ParquetWriter(self.errors_path, rejected.schema)
+                    errors_writer = errors_writer or pq.ParquetWriter(errors_path, rejected.schema,
+                                                                      filesystem=errors_fs)
                     errors_writer.write_table(rejected)
                 rows += batch.num_rows
                 failed += rejected.num_rows

@@ -201,7 +201,7 @@ def main() -> None:
                     "siglip-embed (Ray Data)": {"seconds": job_s, "images_per_s": len(paths) / job_s}},
         "speedup": loop_s / job_s, "speedup_with_ray_start": loop_s / (job_s + ray_start),
         "ray_start_seconds": ray_start, "rounds_seconds": {"loop": loops, "siglip-embed": jobs},
-        "job_cpu_seconds": jobs[sorted(range(len(jobs)), key=lambda i: jobs[i]["seconds"])[len(jobs) // 2]]["cpu_seconds"],
+        "job_cpu_seconds": sorted(jobs, key=lambda job: job["seconds"])[len(jobs) // 2]["cpu_seconds"],
     }
     write_report(args.out, f"bulk_cpu_{args.preset}", report, markdown(report))
 

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from deployments.config import CollectionsConfig, InputLimits, TextEncoderConfig, VisionEncoderConfig
 from deployments.core import bulk
 from deployments.core.checkpoint import ImageSettings, LogitParams, ModelFacts, weights_bytes, weights_fingerprint
-from deployments.core.collection_rules import CollectionError, Model, resolve_uri
+from deployments.core.collection_rules import FINGERPRINT_KEY, MODEL_KEY, CollectionError, Model, resolve_uri
 from deployments.core.fetch import ImageUrlPolicy
 from deployments.sizing import MAX_CPU_ENCODER_REPLICAS, REPLICA_OVERHEAD_BYTES
 
@@ -45,9 +45,6 @@ BATCH_SIZE = {"cuda": {"image": 128, "text": 256},
 # Columns the job adds to the input's: an input column by either name is refused up front.
 OUTPUT_COLUMNS = ("embedding", "error")
 _PIXELS = "_siglip_pixels"  # between the decode tasks and the encoders only
-# Schema metadata of every file written: which model and dtype made the vectors, so that a
-# rerun with another model never mixes its vectors into the same output.
-MODEL_KEY, FINGERPRINT_KEY = b"siglip.model", b"siglip.fingerprint"
 
 
 class BulkError(Exception):
@@ -326,45 +323,43 @@ class ParquetDestination:
         done: set[str] = set()
         for path in self._files():
             try:
-                self._check_model(pq.read_schema(path, filesystem=self._fs), path)
-                pq.read_metadata(path, filesystem=self._fs)
+                footer = pq.read_metadata(path, filesystem=self._fs)
             except (OSError, pa.ArrowException):
                 logger.warning("deleting %s: an unfinished file from an interrupted run", path)
                 self._fs.delete_file(path)
                 continue
-            ids = pq.read_table(path, columns=["id", "error"], filesystem=self._fs)
-            succeeded = pa.compute.is_null(ids.column("error"))
-            if not pa.compute.all(succeeded).as_py():
+            self._check_model(footer.schema.to_arrow_schema(), path)
+            embedded, all_embedded = _embedded_ids(self._fs, path)
+            if not all_embedded:
                 table = pq.read_table(path, filesystem=self._fs)
                 self._rewrite(path, table.filter(pa.compute.is_null(table.column("error"))))
-            done.update(ids.filter(succeeded).column("id").to_pylist())
+            done.update(embedded)
         if self.single_file:
             fs, path = bulk.filesystem(self.location)
             if fs.get_file_info(path).type == pafs.FileType.File:
                 self._check_model(pq.read_schema(path, filesystem=fs), self.location)
-                ids = pq.read_table(path, columns=["id", "error"], filesystem=fs)
-                done.update(ids.filter(pa.compute.is_null(ids.column("error"))).column("id").to_pylist())
+                done.update(_embedded_ids(fs, path)[0])
         self._before = set(self._files())
         return done
 
     def _rewrite(self, path: str, table: pa.Table) -> None:
         """Replaces the file in one move; readers skip the hidden temporary name."""
-        hidden = posixpath.join(posixpath.dirname(path), "." + posixpath.basename(path))
-        pq.write_table(table, hidden, filesystem=self._fs)
-        self._fs.move(hidden, path)
+        pq.write_table(table, _hidden(path), filesystem=self._fs)
+        self._fs.move(_hidden(path), path)
 
     def write(self, dataset) -> tuple[int, int]:
         """Writes the job's rows; returns how many it wrote and how many failed."""
         # Writing a block takes milliseconds: it asks for no CPU, so that it never waits
         # behind the decode tasks and encoders, which hold all of them.
         dataset.write_parquet(self._folder_location, mode="append", ray_remote_args={"num_cpus": 0})
-        written = [path for path in self._files() if path not in self._before]
-        errors = sum(pq.read_table(path, columns=["error"], filesystem=self._fs).column("error")
-                     .null_count for path in written)
-        rows = sum(pq.read_metadata(path, filesystem=self._fs).num_rows for path in written)
+        rows = failed = 0
+        for path in self._files():
+            if path not in self._before:
+                errors = pq.read_table(path, columns=["error"], filesystem=self._fs).column("error")
+                rows, failed = rows + len(errors), failed + len(errors) - errors.null_count
         if self.single_file:
             self._merge()
-        return rows, rows - errors
+        return rows, failed
 
     def _merge(self) -> None:
         """The previous file's embedded rows and the parts, streamed into one file that is
@@ -376,9 +371,8 @@ class ParquetDestination:
         if fs.get_file_info(path).type == pafs.FileType.File:
             sources.insert(0, (fs, path, True))
         if sources:
-            hidden = posixpath.join(posixpath.dirname(path), "." + posixpath.basename(path))
             schema = pq.read_schema(sources[0][1], filesystem=sources[0][0]).with_metadata(self._identity)
-            with pq.ParquetWriter(hidden, schema, filesystem=fs) as writer:
+            with pq.ParquetWriter(_hidden(path), schema, filesystem=fs) as writer:
                 for source_fs, source, drop_failed in sources:
                     with source_fs.open_input_file(source) as stream:
                         for batch in pq.ParquetFile(stream).iter_batches(batch_size=4096):
@@ -386,8 +380,21 @@ class ParquetDestination:
                             if drop_failed:
                                 rows = rows.filter(pa.compute.is_null(rows.column("error")))
                             writer.write_table(rows.cast(schema))
-            fs.move(hidden, path)
+            fs.move(_hidden(path), path)
         self._fs.delete_dir(self._folder)
+
+
+def _hidden(path: str) -> str:
+    """Where a file is written before it is moved to `path`: a name readers skip."""
+    return posixpath.join(posixpath.dirname(path), "." + posixpath.basename(path))
+
+
+def _embedded_ids(fs: pafs.FileSystem, path: str) -> tuple[list[str], bool]:
+    """A Parquet file's ids that were embedded, and whether all of its rows were; read from
+    its id and error columns alone."""
+    rows = pq.read_table(path, columns=["id", "error"], filesystem=fs)
+    embedded = pa.compute.is_null(rows.column("error"))
+    return rows.filter(embedded).column("id").to_pylist(), pa.compute.all(embedded).as_py()
 
 
 class CollectionDestination:

@@ -60,8 +60,13 @@ def photo_folder(tmp_path_factory) -> Path:
     return folder
 
 
+def photo_raws() -> dict[str, bytes]:
+    """photo_folder's photographs by id: the path below the folder."""
+    return {("sub/" if index % 2 else "") + name: raw for index, (name, raw) in enumerate(photos())}
+
+
 def photo_ids() -> list[str]:
-    return sorted(("sub/" if index % 2 else "") + name for index, (name, _) in enumerate(photos()))
+    return sorted(photo_raws())
 
 
 def by_id(table: pa.Table) -> dict[str, dict]:
@@ -96,7 +101,7 @@ def test_a_folder_is_embedded_exactly_as_the_reference_embeds_each_photo(
     assert (summary.items, summary.errors, summary.skipped) == (len(rows), 1, 0)
     assert rows["broken.jpg"]["embedding"] is None
     assert rows["broken.jpg"]["error"].startswith("cannot decode image")
-    raws = {("sub/" if index % 2 else "") + name: raw for index, (name, raw) in enumerate(photos())}
+    raws = photo_raws()
     assert_vectors_equal(rows, photo_ids(), reference.image_embeddings([raws[item] for item in photo_ids()]))
     assert all(rows[item]["error"] is None for item in photo_ids())
     metadata = pq.read_schema(next((tmp_path / "out").glob("*.parquet"))).metadata
@@ -218,7 +223,7 @@ def test_a_collection_destination_is_searched_as_the_api_searches_it(
     assert asyncio.run(store.describe("photos")).count == len(photo_ids()) + 1
     query = reference.text_embeddings(["a photo of a cat"])
     matches = asyncio.run(store.search("photos", model, query, 5, {}, False))
-    raws = {("sub/" if index % 2 else "") + name: raw for index, (name, raw) in enumerate(photos())}
+    raws = photo_raws()
     raws["broken.jpg"] = photos()[0][1]  # as mended
     expected = reference.pair_score(query, reference.image_embeddings([raws[m.id] for m in matches]))[0]
     assert np.abs(np.array([m.score for m in matches]) - expected).max() < 1e-5

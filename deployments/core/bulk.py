@@ -19,8 +19,8 @@ import pyarrow.fs as pafs
 
 from deployments.core.checkpoint import ImageSettings
 from deployments.core.collection_rules import MAX_METADATA_BYTES
-from deployments.core.fetch import FetchError, ImageFetcher, ImageUrlPolicy
-from deployments.core.images import UnusableImage, image_bytes, prepare_bytes
+from deployments.core.fetch import ImageFetcher, ImageUrlPolicy
+from deployments.core.images import UnusableImage, fetch_image, image_bytes, prepare_bytes
 from deployments.core.limits import ImageLimits
 
 # What a folder source picks up (lower-cased suffixes): the formats the preprocessor decodes.
@@ -73,18 +73,11 @@ class ImageReader:
             if reference.startswith("data:"):
                 return image_bytes(reference, self._limits.max_image_bytes)
             if reference.startswith(("http://", "https://")):
-                return await self._fetch(reference, fetcher)
+                return await fetch_image(reference, fetcher)
             return self._read_file(reference if is_uri(reference) or os.path.isabs(reference)
                                    else join(self._base, reference))
         except UnusableImage as error:
             return error
-
-    async def _fetch(self, url: str, fetcher: ImageFetcher) -> bytes:
-        try:
-            return await fetcher.fetch(url)
-        except FetchError as error:
-            shown = url if len(url) <= 100 else url[:97] + "..."
-            raise UnusableImage(f"cannot fetch {shown}: {error}") from None
 
     def _read_file(self, location: str) -> bytes:
         try:
@@ -102,7 +95,7 @@ class ImageReader:
 
     def _filesystem(self, location: str) -> tuple[pafs.FileSystem, str]:
         if not is_uri(location):
-            return self._filesystems.setdefault("", pafs.LocalFileSystem()), os.path.abspath(location)
+            return filesystem(location)
         # One client per bucket: making an S3 filesystem costs a credentials lookup.
         scheme, _, path = location.partition("://")  # Arrow's path: bucket/key, or /path for file://
         key = f"{scheme}://{path.split('/', 1)[0]}"
@@ -119,8 +112,9 @@ def prepare_images(reader: ImageReader, references: Sequence[str | None], settin
     for index, source in enumerate(reader.read_all(references)):
         try:
             if isinstance(source, UnusableImage):
-                raise source
-            pixels[index] = prepare_bytes(source, settings, limits)
+                errors[index] = str(source)
+            else:
+                pixels[index] = prepare_bytes(source, settings, limits)
         except UnusableImage as error:
             errors[index] = str(error)
     return pixels, errors
@@ -168,6 +162,7 @@ def metadata_json(row: dict[str, Any]) -> tuple[dict | None, str | None]:
     if not row:
         return None, None
     text = json.dumps(row, default=str)
-    if len(text.encode()) > MAX_METADATA_BYTES:
-        return None, f"the metadata is {len(text.encode())} bytes as JSON; the limit is {MAX_METADATA_BYTES}"
+    size = len(text.encode())
+    if size > MAX_METADATA_BYTES:
+        return None, f"the metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}"
     return json.loads(text), None

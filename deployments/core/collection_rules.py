@@ -14,6 +14,9 @@ COLLECTIONS_URI_ENV_VAR = "SIGLIP_COLLECTIONS_URI"
 NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
 FILTER_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_METADATA_BYTES = 16_384  # one item's metadata, as JSON
+# Schema metadata of a collection's table and of a bulk job's Parquet files: which model and
+# dtype made the vectors, so that another model's are never mixed in.
+MODEL_KEY, FINGERPRINT_KEY = b"siglip.model", b"siglip.fingerprint"
 
 
 class CollectionError(Exception):

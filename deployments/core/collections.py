@@ -20,11 +20,9 @@ from lancedb.index import IvfPq
 
 from deployments.core import scoring
 from deployments.core.checkpoint import LogitParams
-from deployments.core.collection_rules import (CollectionError, CollectionInfo, Match, Model, check_name,
-                                              filter_clause)
+from deployments.core.collection_rules import (FINGERPRINT_KEY, MODEL_KEY, CollectionError, CollectionInfo,
+                                              Match, Model, check_name, filter_clause)
 
-# Schema metadata keys: which model made the vectors.
-MODEL_KEY, FINGERPRINT_KEY = b"siglip.model", b"siglip.fingerprint"
 # Rows searched per ANN candidate: the candidates are re-ranked exactly.
 REFINE_FACTOR = 10
 NPROBES = 32

@@ -128,13 +128,21 @@ async def preprocess_references(references: list[str], params: list[str], settin
 async def _fetch_if_url(reference: str, param: str, fetcher: ImageFetcher | None) -> str | bytes:
     if not is_url(reference):
         return reference
-    shown = reference if len(reference) <= 100 else reference[:97] + "..."
+    try:
+        return await fetch_image(reference, fetcher)
+    except UnusableImage as error:
+        raise ImageInputError(param, str(error)) from None
+
+
+async def fetch_image(url: str, fetcher: ImageFetcher | None) -> bytes:
+    """The image at `url`. Raises UnusableImage naming the URL (cut to 100 characters)."""
     try:
         if fetcher is None:
             raise FetchError("image URLs are not fetched here")
-        return await fetcher.fetch(reference.strip())
+        return await fetcher.fetch(url.strip())
     except FetchError as error:
-        raise ImageInputError(param, f"cannot fetch {shown}: {error}") from None
+        shown = url if len(url) <= 100 else url[:97] + "..."
+        raise UnusableImage(f"cannot fetch {shown}: {error}") from None
 
 
 def prepare_bytes(data: bytes, settings: ImageSettings, limits: ImageLimits,

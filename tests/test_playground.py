@@ -6,7 +6,9 @@ test-output/playground/."""
 
 from __future__ import annotations
 
+import base64
 import json
+import mimetypes
 import shutil
 from pathlib import Path
 
@@ -163,6 +165,56 @@ def test_an_undecodable_file_shows_the_apis_error(page, serve_url, client):
     assert "input[0]" in message  # the API names the image
     expect(page.locator("#classify-result .bars li")).to_have_count(0)
     page.screenshot(path=OUTPUT / "classify-error.png", full_page=True)
+
+
+def test_search_adds_photos_to_a_collection_and_draws_what_the_api_answers(page, serve_url, client):
+    name, names = "playground-search", ["astronaut.jpg", "coffee.png", "chelsea.webp"]
+    page.goto(serve_url + "/")
+    page.click("#tab-search")
+    page.click("#search-add summary")
+    page.fill("#add-name", name)
+    page.set_input_files("#add-images", [_file(photo, PHOTOS[photo], mimetypes.guess_type(photo)[0])
+                                         for photo in names])
+    with page.expect_response(lambda response: response.url.endswith(f"/v1/collections/{name}/items")) as added:
+        page.click("#add-form button[type=submit]")
+    assert added.value.status == 200
+    expect(page.locator("#add-result")).to_have_text(f"Added 3 images to '{name}', which now holds 3 items.")
+    expect(page.locator("#search-collection")).to_have_value(name)
+    try:
+        with page.expect_response(lambda response: response.url.endswith(f"/{name}/search")) as answer:
+            page.click("#search-form button[type=submit]")
+        sent = json.loads(answer.value.request.post_data)
+        assert sent == {"query": "a photo of a cat", "top_k": 12}
+        expect(page.locator("#search-result .bars li")).to_have_count(3)
+        matches = client.post(f"/v1/collections/{name}/search", json=sent).json()["data"]
+        assert [(item_id, score) for item_id, score, _ in _bars(page)] == \
+            [(match["id"], match["score"]) for match in matches]
+        # The page stored the photographs themselves (a thumbnail only beside them, in metadata):
+        # each score is /v1/rerank's for the original file.
+        reranked = client.post("/v1/rerank", json={"query": sent["query"], "documents": [
+            {"image": base64.b64encode(PHOTOS[photo]).decode()} for photo in names]}).json()["results"]
+        assert {match["id"]: match["score"] for match in matches} == pytest.approx(
+            {names[result["index"]]: result["relevance_score"] for result in reranked}, abs=1e-6)
+        for match in matches:
+            assert match["metadata"]["thumbnail"].startswith("data:image/jpeg;base64,")
+        assert page.eval_on_selector_all("#search-result .bars li img", "images => images.every("
+                                         "image => image.complete && image.naturalWidth > 0)")
+        page.screenshot(path=OUTPUT / "search-text.png", full_page=True)
+
+        # An image query: the photograph itself comes first.
+        page.check("input[value=by-image]")
+        page.set_input_files("#search-image", [_file("chelsea.webp", CAT)])
+        with page.expect_response(lambda response: response.url.endswith(f"/{name}/search")) as answer:
+            page.click("#search-form button[type=submit]")
+        sent = json.loads(answer.value.request.post_data)
+        expect(page.locator("#search-result .bars li")).to_have_count(3)
+        matches = client.post(f"/v1/collections/{name}/search", json=sent).json()["data"]
+        assert matches[0]["id"] == "chelsea.webp"
+        assert [(item_id, score) for item_id, score, _ in _bars(page)] == \
+            [(match["id"], match["score"]) for match in matches]
+        page.screenshot(path=OUTPUT / "search-image.png", full_page=True)
+    finally:
+        client.delete(f"/v1/collections/{name}")
 
 
 def _keyed(app: dict) -> None:

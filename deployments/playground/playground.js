@@ -39,6 +39,14 @@ async function post(path, body) {
   return readAnswer(await fetch(path, { method: "POST", headers: apiHeaders(), body: JSON.stringify(body) }));
 }
 
+async function get(path) {
+  return readAnswer(await fetch(path, { headers: apiHeaders() }));
+}
+
+function describe(problem) {
+  return problem instanceof ApiError ? `${problem.status}: ${problem.message}` : `The request failed: ${problem.message}`;
+}
+
 // The request as a shell command: the body exactly as sent, the key as a variable.
 function curlCommand(path, body) {
   const url = new URL(path, document.baseURI).href;
@@ -55,10 +63,11 @@ function percent(score) {
   return `${(score * 100).toPrecision(3)}%`;
 }
 
-// rows: [{name, score, image?}], drawn highest first as they come.
-function drawBars(container, rows) {
+// rows: [{name, score, image?, detail?}], drawn highest first as they come; layout "grid" draws
+// cards instead of one row each.
+function drawBars(container, rows, layout = "rows") {
   const list = document.createElement("ol");
-  list.className = "bars";
+  list.className = layout === "grid" ? "bars grid" : "bars";
   for (const row of rows) {
     const item = document.createElement("li");
     item.dataset.score = String(row.score);
@@ -71,6 +80,11 @@ function drawBars(container, rows) {
       name.append(thumbnail);
     }
     name.append(row.name);
+    if (row.detail) {
+      const detail = document.createElement("small");
+      detail.textContent = row.detail;
+      name.append(detail);
+    }
     const bar = document.createElement("span");
     bar.className = "bar";
     bar.setAttribute("aria-hidden", "true");
@@ -97,9 +111,7 @@ async function run(tab, path, body, draw) {
   try {
     draw(result, await post(path, body));
   } catch (problem) {
-    error.textContent = problem instanceof ApiError
-      ? `${problem.status}: ${problem.message}`
-      : `The request failed: ${problem.message}`;
+    error.textContent = describe(problem);
   } finally {
     result.removeAttribute("aria-busy");
   }
@@ -173,25 +185,30 @@ function setUpClassify() {
   });
 }
 
-// ---- Compare ----------------------------------------------------------------------------
-
-function compareMode() {
-  return document.querySelector("input[name=compare-mode]:checked").value;
-}
-
-function setUpCompare() {
-  for (const radio of document.querySelectorAll("input[name=compare-mode]")) {
+// A tab's radio buttons (named `${tab}-mode`) each show the inputs `${tab}-${value}` alone.
+function setUpModes(tab) {
+  const radios = [...document.querySelectorAll(`input[name=${tab}-mode]`)];
+  for (const radio of radios) {
     radio.addEventListener("change", () => {
-      $("compare-image-texts").hidden = compareMode() !== "image-texts";
-      $("compare-text-images").hidden = compareMode() !== "text-images";
+      for (const other of radios) $(`${tab}-${other.value}`).hidden = !other.checked;
     });
   }
+}
+
+function chosenMode(tab) {
+  return document.querySelector(`input[name=${tab}-mode]:checked`).value;
+}
+
+// ---- Compare ----------------------------------------------------------------------------
+
+function setUpCompare() {
+  setUpModes("compare");
   $("compare-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     let body;
     let names;
     let thumbnails = [];
-    if (compareMode() === "image-texts") {
+    if (chosenMode("compare") === "image-texts") {
       const file = $("compare-image").files[0];
       if (!file) {
         $("compare-error").textContent = "Choose an image.";
@@ -215,6 +232,109 @@ function setUpCompare() {
   });
 }
 
+// ---- Search -----------------------------------------------------------------------------
+
+const THUMBNAIL_PIXELS = 96; // the longer side: about 4 KB of JPEG, well inside the metadata limit
+
+// A small JPEG of the image as a data URI, or null where this browser cannot decode it (the API
+// then says what is wrong with the image).
+async function thumbnail(file) {
+  try {
+    const bitmap = await createImageBitmap(file);
+    const scale = Math.min(1, THUMBNAIL_PIXELS / Math.max(bitmap.width, bitmap.height));
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+    canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+    canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    return canvas.toDataURL("image/jpeg", 0.8);
+  } catch {
+    return null;
+  }
+}
+
+function collectionPath(name, rest = "") {
+  return `v1/collections/${encodeURIComponent(name)}${rest}`;
+}
+
+// Fills the collection list; keeps `chosen` (or the current choice) selected where it exists.
+async function listCollections(chosen) {
+  const select = $("search-collection");
+  const note = $("search-collections-note");
+  const keep = chosen || select.value;
+  let collections = [];
+  try {
+    collections = (await get("v1/collections")).data;
+    note.textContent = collections.length ? "" : "No collections yet: add images below, or through the API.";
+  } catch (problem) {
+    note.textContent = describe(problem);
+  }
+  select.replaceChildren(...collections.map((collection) =>
+    new Option(`${collection.name} (${collection.count} items)`, collection.name)));
+  if (collections.some((collection) => collection.name === keep)) select.value = keep;
+}
+
+function drawMatches(container, answer) {
+  drawBars(container, answer.data.map((match) => {
+    const { thumbnail: image, ...rest } = match.metadata || {};
+    const detail = Object.keys(rest).length ? JSON.stringify(rest) : "";
+    return { name: match.id, score: match.score, detail,
+             image: typeof image === "string" && image.startsWith("data:image/") ? image : null };
+  }), "grid");
+}
+
+async function addImages(event) {
+  event.preventDefault();
+  const name = $("add-name").value.trim();
+  const files = [...$("add-images").files];
+  $("add-error").textContent = "";
+  $("add-result").textContent = "";
+  if (!files.length) {
+    $("add-error").textContent = "Choose one or more images.";
+    return;
+  }
+  try {
+    const items = await Promise.all(files.map(async (file) => {
+      const small = await thumbnail(file);
+      return { id: file.name, image: await readAsDataUri(file), ...(small && { metadata: { thumbnail: small } }) };
+    }));
+    try {
+      await post("v1/collections", { name });
+    } catch (problem) {
+      if (!(problem instanceof ApiError && problem.status === 409)) throw problem; // 409: it exists
+    }
+    await post(collectionPath(name, "/items"), { items });
+    const { count } = await get(collectionPath(name));
+    $("add-result").textContent = `Added ${items.length} images to '${name}', which now holds ${count} items.`;
+    await listCollections(name);
+  } catch (problem) {
+    $("add-error").textContent = describe(problem);
+  }
+}
+
+function setUpSearch() {
+  setUpModes("search");
+  $("tab-search").addEventListener("tabshown", () => listCollections());
+  $("add-form").addEventListener("submit", addImages);
+  $("search-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const name = $("search-collection").value;
+    if (!name) {
+      $("search-error").textContent = "Choose a collection, or add images to one below.";
+      return;
+    }
+    let query = $("search-text").value;
+    if (chosenMode("search") === "by-image") {
+      const file = $("search-image").files[0];
+      if (!file) {
+        $("search-error").textContent = "Choose an image.";
+        return;
+      }
+      query = { image: await readAsDataUri(file) };
+    }
+    run("search", collectionPath(name, "/search"), { query, top_k: Number($("search-top-k").value) }, drawMatches);
+  });
+}
+
 // ---- tabs, key, model -------------------------------------------------------------------
 
 function setUpTabs() {
@@ -227,6 +347,7 @@ function setUpTabs() {
       $(other.getAttribute("aria-controls")).hidden = !selected;
     }
     tab.focus();
+    tab.dispatchEvent(new Event("tabshown"));
   };
   for (const tab of tabs) {
     tab.addEventListener("click", () => select(tab));
@@ -252,6 +373,7 @@ function setUpKey() {
   field.addEventListener("change", () => {
     sessionStorage.setItem(KEY_STORAGE, field.value.trim());
     showModel();
+    if (!$("panel-search").hidden) listCollections();
   });
 }
 
@@ -265,5 +387,6 @@ setUpKey();
 setUpTabs();
 setUpClassify();
 setUpCompare();
+setUpSearch();
 setUpCopyButtons();
 showModel();

@@ -1,6 +1,10 @@
 """The documented SIGLIP_* variables reach the replicas both ways a user starts the service:
 `serve run` starting Ray itself, and `siglip-serve` against a Ray cluster already running
-(`serve run` alone cannot carry them there: it sends Ray only the file)."""
+(`serve run` alone cannot carry them there: it sends Ray only the file). The `serve run` test
+also puts Ray's HAProxy ingress in front, as docs/operations.md's "HAProxy in front" has a user
+do (Serve reads RAY_SERVE_ENABLE_HA_PROXY when its controller starts, so the session's cluster
+cannot switch): the same answers and errors as behind Ray's Python proxy, and no HAProxy left
+holding the port after Ctrl-C. One cluster checks both, since each costs a minute on 2 cores."""
 
 from __future__ import annotations
 
@@ -12,16 +16,22 @@ import sys
 import time
 from pathlib import Path
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
+import numpy as np
+import psutil
 import pytest
 import yaml
 
 from deployments.gate import key_digest
 from deployments.launch import replica_environment, with_environment
-from deployments.testing.local_cluster import free_port
+from deployments.testing.local_cluster import HAPROXY_ENV_VAR, HAPROXY_PACKAGE_DIR, free_port
 from tests.conftest import SERVE_CONFIG
+from tests.support.photos import data_uri, photos
 
 KEY = "launch-test-key"
+MAX_BODY_BYTES = 8 * 2**20  # above the four photos' request
 
 
 def test_the_replicas_get_absolute_paths_and_only_digests_of_keys(tmp_path, monkeypatch):
@@ -52,6 +62,7 @@ def _config_file(folder: Path) -> tuple[Path, str]:
     config = yaml.safe_load(SERVE_CONFIG.read_text())
     port = free_port()
     config["http_options"] = {"host": "127.0.0.1", "port": port}
+    config["applications"][0]["args"]["limits"] = {"max_body_bytes": MAX_BODY_BYTES}
     for deployment in config["applications"][0]["deployments"]:
         deployment.pop("autoscaling_config", None)
         deployment["num_replicas"] = 1
@@ -95,17 +106,64 @@ def _stop(process: subprocess.Popen, sig: int) -> None:
         process.wait()
 
 
+def _haproxy_pids() -> list[int]:
+    return [process.pid for process in psutil.process_iter(["cmdline"])
+            if HAPROXY_PACKAGE_DIR in " ".join(process.info["cmdline"] or [])]
+
+
+def _haproxy_environment() -> dict[str, str]:
+    # Its stats page, Prometheus port and fallback proxy have fixed default ports: free ones, so
+    # that the test runs beside any server on this machine. A stopping Ingress replica stays
+    # reachable this long so that HAProxy drains it: 30 s by default, all spent at shutdown.
+    return {HAPROXY_ENV_VAR: "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+            **{variable: str(free_port()) for variable in ("RAY_SERVE_HAPROXY_STATS_PORT",
+               "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")}}
+
+
+def _assert_haproxy_answers_as_the_reference(base: str, reference) -> None:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    raws = [raw for _, raw in photos()[:4]]
+    body = httpx.post(base + "/v1/embeddings", json={"input": [{"image": data_uri(raw)} for raw in raws]},
+                      headers=headers, timeout=120).json()
+    got = np.array([item["embedding"] for item in body["data"]], dtype=np.float32)
+    assert np.abs(got - reference.image_embeddings(raws)).max() < 1e-5
+
+    # Concurrent requests, each with its own text: every answer must be its own request's.
+    texts = [f"photo number {i}" for i in range(24)]
+
+    def embed(text: str) -> list[float]:
+        response = httpx.post(base + "/v1/embeddings", json={"input": [text]}, headers=headers, timeout=120)
+        return response.json()["data"][0]["embedding"]
+
+    with ThreadPoolExecutor(len(texts)) as pool:
+        concurrent = np.array(list(pool.map(embed, texts)), dtype=np.float32)
+    assert np.abs(concurrent - reference.text_embeddings(texts)).max() < 1e-5
+
+    # Errors come from the Ingress, in OpenAI's shape, not from HAProxy.
+    bad = httpx.post(base + "/v1/embeddings", json={"input": [{"image": "bm90IGFuIGltYWdl"}]},
+                     headers=headers, timeout=60)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_image"
+    big = httpx.post(base + "/v1/embeddings", json={"input": ["y" * (MAX_BODY_BYTES + 1)]}, headers=headers,
+                     timeout=60)
+    assert big.status_code == 413 and "(max_body_bytes)" in big.json()["error"]["message"]
+
+
 @pytest.mark.own_cluster
-def test_serve_run_that_starts_ray_passes_the_variables(tiny_checkpoint, tmp_path):
+def test_serve_run_that_starts_ray_passes_the_variables_behind_haproxy(tiny_checkpoint, reference, tmp_path):
     config, base = _config_file(tmp_path)
-    serve_run = subprocess.Popen(["serve", "run", str(config)], cwd=tmp_path, start_new_session=True,
-                                 env=_clean_environment(SIGLIP_MODEL=tiny_checkpoint, SIGLIP_API_KEYS=KEY),
+    env = _clean_environment(SIGLIP_MODEL=tiny_checkpoint, SIGLIP_API_KEYS=KEY, **_haproxy_environment())
+    serve_run = subprocess.Popen(["serve", "run", str(config)], cwd=tmp_path, start_new_session=True, env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    haproxy = []
     try:
         _wait_until_ready(base, serve_run)
+        haproxy = _haproxy_pids()
+        assert haproxy, "no HAProxy process: the graph ran behind the Python proxy"
         _assert_served(base, tiny_checkpoint)
+        _assert_haproxy_answers_as_the_reference(base, reference)
     finally:
         _stop(serve_run, signal.SIGINT)  # as Ctrl-C: Serve shuts down, then the Ray it started
+    assert [pid for pid in haproxy if psutil.pid_exists(pid)] == []
 
 
 # Holds a local Ray cluster until killed, as `ray start --head` would, without `ray stop`

@@ -19,9 +19,11 @@ from deployments.sizing import STAGES
 USER_CONFIG_MODELS = {"VisionEncoder": VisionEncoderConfig, "TextEncoder": TextEncoderConfig}
 
 
-def _asking_for_no_cpu(app: dict) -> dict:
-    """A copy of the app whose stages ask Ray for no CPU: the session's app was sized to the
-    session cluster's CPUs (deployments/sizing.py), and a copy beside it would not fit."""
+def _light(app: dict) -> dict:
+    """A copy of the app whose stages ask Ray for no CPU, since the session's app was sized to
+    the session cluster's CPUs (deployments/sizing.py) and a copy beside it would not fit; and
+    that runs one replica per stage unless the test sets a count, since each replica costs
+    seconds of CPU to start."""
     app = copy.deepcopy(app)
     listed = {deployment["name"]: deployment for deployment in app.setdefault("deployments", [])}
     if not listed.keys() & set(STAGES):
@@ -30,6 +32,8 @@ def _asking_for_no_cpu(app: dict) -> dict:
         if stage not in listed:
             app["deployments"].append(listed.setdefault(stage, {"name": stage}))
         listed[stage].setdefault("ray_actor_options", {"num_cpus": 0})
+        if "autoscaling_config" not in listed[stage]:
+            listed[stage].setdefault("num_replicas", 1)
     return app
 
 
@@ -42,7 +46,7 @@ def _deploy(applications: list[dict], wait: bool = True) -> None:
 
     session_app, *copies = applications
     config = ServeDeploySchema.model_validate(
-        {"applications": [session_app, *map(_asking_for_no_cpu, copies)]})
+        {"applications": [session_app, *map(_light, copies)]})
     if wait:
         deploy_and_wait(_get_global_client(), config)
     else:

@@ -1,13 +1,16 @@
 """Run by test_placement.py in a process of its own (a multi-node cluster cannot share the test
-session's Ray): a CPU-only head and two worker nodes that advertise fake GPUs, the graph
-deployed on them from serve_config.yaml, and a JSON report of where each replica landed and
-whether the answers equal the reference. Usage: python tests/support/multinode_check.py CHECKPOINT"""
+session's Ray): a CPU-only head and two worker nodes that advertise two fake GPUs each. On them,
+first the graph deployed from serve_config.yaml, then siglip-embed run against the cluster by
+address as on a real one (one cluster for both: each costs half a minute to start on 2 cores).
+Prints a JSON report of where each replica and encoder actor landed and whether the answers
+equal the reference. Usage: python tests/support/multinode_check.py CHECKPOINT"""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -85,12 +88,40 @@ def main(checkpoint: str) -> None:
     session_logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
     cpu_fallback_lines = sum("cannot use CUDA" in path.read_text(errors="ignore")
                              for path in session_logs.rglob("*") if path.is_file())
+    serve.shutdown()
+    ray.shutdown()  # siglip-embed connects by itself, as from a user's shell
+    bulk = _bulk_job(cluster.address, checkpoint, reference)
     print(json.dumps({"gpu_nodes": sorted(gpu_nodes), "head": cluster.head_node.node_id, "nodes": nodes,
                       "max_abs_diff": max(max_diffs), "cpu_fallback_log_files": cpu_fallback_lines,
-                      "deployed": deployed, "batch_limits": batch_limits}, default=str))
-    serve.shutdown()
+                      "deployed": deployed, "batch_limits": batch_limits, "bulk": bulk}, default=str))
     ray.shutdown()
     cluster.shutdown()
+
+
+def _bulk_job(address: str, checkpoint: str, reference) -> dict:
+    """siglip-embed over 28 photos: where its encoder actors ran, and how far its vectors are
+    from the reference's."""
+    import pyarrow.parquet as pq
+    from ray._private import state
+
+    from deployments.bulk import BulkArgs, run
+    from tests.support.photos import photos
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "photos"
+        folder.mkdir()
+        raws = {f"{index:02d}-{name}": raw for index, (name, raw) in enumerate(photos() * 2)}
+        for name, raw in raws.items():
+            (folder / name).write_bytes(raw)
+        # float32: the fake GPUs leave the encoders on the CPU, where the reference is exact.
+        summary = run(BulkArgs(model=checkpoint, input=str(folder), output=str(Path(scratch) / "out"),
+                               address=address, dtype="float32", batch_size=4))
+        rows = sorted(pq.read_table(Path(scratch) / "out").to_pylist(), key=lambda row: row["id"])
+    got = np.array([row["embedding"] for row in rows], dtype=np.float32)
+    encoders = [actor["Address"]["NodeID"] for actor in state.actors().values()
+                if actor["ActorClassName"].startswith("MapWorker(MapBatches(_Encoder))")]
+    return {"encoder_nodes": encoders, "items": summary.items, "errors": summary.errors,
+            "max_abs_diff": float(np.abs(got - reference.image_embeddings([raws[name] for name in sorted(raws)])).max())}
 
 
 if __name__ == "__main__":

@@ -360,7 +360,7 @@ function setUpTabs() {
 
 async function showModel() {
   try {
-    const answer = await readAnswer(await fetch("v1/models", { headers: apiHeaders() }));
+    const answer = await get("v1/models");
     $("model").textContent = `Model: ${answer.data[0].id}`;
   } catch (problem) {
     $("model").textContent = problem.status === 401 ? "This server asks for an API key." : "";
